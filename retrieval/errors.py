@@ -1,0 +1,49 @@
+"""Errors with a stable code and an HTTP status, shared by every layer."""
+
+from __future__ import annotations
+
+
+class LabelrankError(Exception):
+    """Base error: `code` is stable for clients, `status` is the HTTP answer."""
+
+    code = "labelrank_error"
+    status = 500
+
+    def __init__(self, message: str, **detail: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+    def to_dict(self) -> dict[str, object]:
+        """Render as the JSON error body used by the API, the CLI and batch output."""
+        return {"code": self.code, "message": self.message, **self.detail}
+
+
+class InvalidTextError(LabelrankError):
+    code = "invalid_text"
+    status = 422
+
+
+class TextTooLongError(InvalidTextError):
+    code = "text_too_long"
+    status = 413
+
+
+class CatalogError(LabelrankError):
+    code = "invalid_catalog"
+    status = 422
+
+
+class UnknownLabelError(LabelrankError):
+    code = "unknown_label"
+    status = 404
+
+
+class IndexMismatchError(LabelrankError):
+    code = "embedder_mismatch"
+    status = 409
+
+
+class EmptyIndexError(LabelrankError):
+    code = "empty_index"
+    status = 409

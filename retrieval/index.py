@@ -1,0 +1,298 @@
+"""The label index: every label as several vectors in Chroma, plus its metadata beside them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.catalog import Catalog, Label
+from retrieval.embedder import Embedder
+from retrieval.errors import EmptyIndexError, IndexMismatchError, UnknownLabelError
+
+SCHEMA_VERSION = 1
+KINDS = ("name", "alias", "description", "example")
+_WRITE_BATCH = 4096
+_PAGE = 5000
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One neighbour vector of a query: which label and which of its texts."""
+
+    label_id: str
+    kind: str
+    text: str
+    similarity: float
+    rank: int
+
+
+@dataclass
+class SyncReport:
+    """What an index update changed."""
+
+    labels_added: int = 0
+    labels_updated: int = 0
+    labels_removed: int = 0
+    labels_unchanged: int = 0
+    vectors_added: int = 0
+    vectors_removed: int = 0
+    vectors_total: int = 0
+    changed_ids: list[str] = field(default_factory=list)
+
+
+def chroma_client(path: str | Path | None = None, host: str | None = None, port: int = 8000):
+    """An embedded client on `path`, or an HTTP client when `host` is given."""
+    import chromadb
+    from chromadb.config import Settings
+
+    settings = Settings(anonymized_telemetry=False)
+    if host:
+        return chromadb.HttpClient(host=host, port=port, settings=settings)
+    Path(path or "labelrank-data").mkdir(parents=True, exist_ok=True)
+    return chromadb.PersistentClient(path=str(path or "labelrank-data"), settings=settings)
+
+
+def label_texts(label: Label) -> list[tuple[str, str]]:
+    """The (kind, text) pairs that represent a label in the index, without repeats."""
+    pairs = [("name", label.name)]
+    pairs += [("alias", alias) for alias in label.aliases]
+    if label.description:
+        pairs.append(("description", label.description))
+    pairs += [("example", text) for text in label.examples]
+    seen: set[str] = set()
+    unique = []
+    for kind, text in pairs:
+        key = text.casefold()
+        if key not in seen:
+            seen.add(key)
+            unique.append((kind, text))
+    return unique
+
+
+def vector_id(label_id: str, kind: str, text: str) -> str:
+    """Content-addressed id, so an unchanged text is never re-embedded."""
+    digest = hashlib.sha1(f"{kind}\x1f{text}".encode()).hexdigest()[:16]
+    return f"{label_id}\x1f{digest}"
+
+
+class LabelIndex:
+    """Label vectors and label records in two Chroma collections, guarded by the embedder name."""
+
+    def __init__(self, client, embedder: Embedder, name: str = "labelrank",
+                 hnsw: dict | None = None) -> None:
+        self.embedder = embedder
+        meta = {"embedder": embedder.name, "dim": embedder.dim, "schema": SCHEMA_VERSION}
+        config = {"hnsw": {"space": "cosine", **(hnsw or {})}}
+        self._vectors = client.get_or_create_collection(
+            f"{name}-vectors", metadata=meta, configuration=config, embedding_function=None)
+        self._records = client.get_or_create_collection(
+            f"{name}-labels", metadata=meta, configuration=config, embedding_function=None)
+        self._check_embedder(self._vectors.metadata or {})
+        self._lock = threading.RLock()
+        self._labels = dict(self._load_labels())
+
+    # -- reading -------------------------------------------------------------
+
+    @property
+    def labels(self) -> dict[str, Label]:
+        """Label records by id (examples are not kept in memory)."""
+        return self._labels
+
+    def get(self, label_id: str) -> Label:
+        """One label, or UnknownLabelError."""
+        try:
+            return self._labels[label_id]
+        except KeyError:
+            raise UnknownLabelError(f"unknown label id {label_id!r}", label_id=label_id) from None
+
+    def examples(self, label_id: str) -> list[str]:
+        """The example texts stored for a label."""
+        self.get(label_id)
+        found = self._vectors.get(where={"$and": [{"label_id": label_id}, {"kind": "example"}]},
+                                  include=["documents"])
+        return sorted(found["documents"] or [])
+
+    def vector_count(self) -> int:
+        """Number of vectors in the index."""
+        return self._vectors.count()
+
+    def fingerprint(self) -> dict[str, object]:
+        """What built this index: embedder, dimension and catalog hash."""
+        meta = self._vectors.metadata or {}
+        return {"embedder": meta.get("embedder"), "dim": meta.get("dim"),
+                "catalog_hash": meta.get("catalog_hash"), "labels": len(self._labels)}
+
+    def search(self, vectors: np.ndarray, n: int) -> list[list[Hit]]:
+        """The `n` nearest label vectors of each query vector, best first."""
+        total = self._vectors.count()
+        if total == 0:
+            raise EmptyIndexError("the index is empty: run `labelrank index CATALOG` first")
+        n = min(n, total)
+        found = self._vectors.query(query_embeddings=vectors, n_results=n,
+                                    include=["metadatas", "documents", "distances"])
+        results = []
+        for metas, docs, dists in zip(found["metadatas"], found["documents"],
+                                      found["distances"], strict=True):
+            results.append([
+                Hit(meta["label_id"], meta["kind"], doc, 1.0 - float(dist), rank)
+                for rank, (meta, doc, dist) in enumerate(zip(metas, docs, dists, strict=True), 1)
+            ])
+        return results
+
+    # -- writing -------------------------------------------------------------
+
+    def sync(self, catalog: Catalog, progress: Progress | None = None,
+             prune: bool = True) -> SyncReport:
+        """Make the index hold exactly `catalog` (or only add, without pruning), by content hash."""
+        with self._lock:
+            report = SyncReport()
+            stored = self._stored_hashes()
+            changed = [lab for lab in catalog.labels.values()
+                       if stored.get(lab.id) != lab.content_hash()]
+            report.labels_unchanged = len(catalog) - len(changed)
+            report.changed_ids = [lab.id for lab in changed]
+            removed = sorted(set(stored) - set(catalog.labels)) if prune else []
+            self._write_labels(changed, set(stored), report, progress)
+            if removed:
+                report.vectors_removed += self._delete_vectors_of(removed)
+                self._records.delete(ids=removed)
+                report.labels_removed = len(removed)
+            for lab in changed:
+                if lab.id in stored:
+                    report.labels_updated += 1
+                else:
+                    report.labels_added += 1
+            self._labels = dict(self._load_labels())
+            self._set_meta(catalog_hash=self._catalog_hash())
+            report.vectors_total = self._vectors.count()
+            return report
+
+    def upsert(self, label: Label) -> SyncReport:
+        """Create or replace one label with its texts."""
+        if label.parent is not None and label.parent not in self._labels:
+            raise UnknownLabelError(f"parent {label.parent!r} is not in the index",
+                                    label_id=label.parent, field="parent")
+        return self.sync(Catalog({label.id: label}), prune=False)
+
+    def delete(self, label_ids: Sequence[str]) -> int:
+        """Remove labels and all their vectors; returns the number of vectors removed."""
+        for label_id in label_ids:
+            self.get(label_id)
+        with self._lock:
+            removed = self._delete_vectors_of(list(label_ids))
+            self._records.delete(ids=list(label_ids))
+            self._labels = dict(self._load_labels())
+            self._set_meta(catalog_hash=self._catalog_hash())
+            return removed
+
+    # -- internals -----------------------------------------------------------
+
+    def _check_embedder(self, meta: dict) -> None:
+        if meta.get("embedder") != self.embedder.name or meta.get("dim") != self.embedder.dim:
+            raise IndexMismatchError(
+                f"this index was built with embedder {meta.get('embedder')!r} "
+                f"(dim {meta.get('dim')}), but the configured embedder is "
+                f"{self.embedder.name!r} (dim {self.embedder.dim}); rebuild the index into a new "
+                "directory or configure the original embedder",
+                index_embedder=meta.get("embedder"), configured_embedder=self.embedder.name,
+            )
+
+    def _write_labels(self, labels: list[Label], stored: set[str], report: SyncReport,
+                      progress: Progress | None) -> None:
+        # Vectors first, the label record (with its hash) last: an interrupted run leaves
+        # the label marked stale, so the next run redoes it.
+        for chunk in _chunks(labels, 256):
+            wanted = {vector_id(lab.id, kind, text): (lab.id, kind, text)
+                      for lab in chunk for kind, text in label_texts(lab)}
+            existing = set(self._vector_ids_of([lab.id for lab in chunk if lab.id in stored]))
+            new_ids = [vid for vid in wanted if vid not in existing]
+            stale = sorted(existing - set(wanted))
+            new_vectors = self.embedder.embed([wanted[vid][2] for vid in new_ids])
+            for start in range(0, len(new_ids), _WRITE_BATCH):
+                ids = new_ids[start:start + _WRITE_BATCH]
+                self._vectors.upsert(
+                    ids=ids, embeddings=new_vectors[start:start + _WRITE_BATCH],
+                    documents=[wanted[vid][2] for vid in ids],
+                    metadatas=[{"label_id": wanted[vid][0], "kind": wanted[vid][1]} for vid in ids],
+                )
+            if stale:
+                self._vectors.delete(ids=stale)
+            report.vectors_added += len(new_ids)
+            report.vectors_removed += len(stale)
+            name_vectors = self.embedder.embed([lab.name for lab in chunk])
+            self._records.upsert(
+                ids=[lab.id for lab in chunk], embeddings=name_vectors,
+                documents=[_label_json(lab) for lab in chunk],
+                metadatas=[{"hash": lab.content_hash(), "parent": lab.parent or "",
+                            "examples": len(lab.examples)} for lab in chunk],
+            )
+            if progress:
+                progress(len(chunk))
+
+    def _vector_ids_of(self, label_ids: list[str]) -> list[str]:
+        if not label_ids:
+            return []
+        return self._vectors.get(where={"label_id": {"$in": label_ids}}, include=[])["ids"]
+
+    def _delete_vectors_of(self, label_ids: list[str]) -> int:
+        removed = 0
+        for chunk in _chunks(label_ids, 512):
+            ids = self._vector_ids_of(chunk)
+            if ids:
+                self._vectors.delete(ids=ids)
+            removed += len(ids)
+        return removed
+
+    def _stored_hashes(self) -> dict[str, str]:
+        return {rid: meta["hash"] for rid, meta, _ in self._pages(["metadatas"])}
+
+    def _load_labels(self) -> Iterator[tuple[str, Label]]:
+        for rid, _, doc in self._pages(["documents"]):
+            yield rid, _label_from_json(doc)
+
+    def _pages(self, include: list[str]) -> Iterator[tuple[str, dict, str]]:
+        offset = 0
+        while True:
+            page = self._records.get(include=include, limit=_PAGE, offset=offset)
+            metas = page.get("metadatas") or [None] * len(page["ids"])
+            docs = page.get("documents") or [None] * len(page["ids"])
+            yield from zip(page["ids"], metas, docs, strict=True)
+            if len(page["ids"]) < _PAGE:
+                return
+            offset += _PAGE
+
+    def _catalog_hash(self) -> str:
+        digest = hashlib.sha256()
+        for rid, hash_ in sorted(self._stored_hashes().items()):
+            digest.update(f"{rid}\x1f{hash_}".encode())
+        return digest.hexdigest()[:16]
+
+    def _set_meta(self, **updates: object) -> None:
+        meta = {**(self._vectors.metadata or {}), **updates}
+        self._vectors.modify(metadata=meta)
+
+
+def _label_json(label: Label) -> str:
+    return json.dumps({"id": label.id, "name": label.name, "description": label.description,
+                       "aliases": list(label.aliases), "parent": label.parent,
+                       "assignable": label.assignable}, ensure_ascii=False)
+
+
+def _label_from_json(doc: str) -> Label:
+    data = json.loads(doc)
+    return Label(id=data["id"], name=data["name"], description=data.get("description", ""),
+                 aliases=tuple(data.get("aliases", ())), parent=data.get("parent"),
+                 assignable=data.get("assignable", True))
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]

@@ -1,0 +1,65 @@
+"""Build the embedder, index, selector and pipeline from settings, in one place."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from prompts.selector import LLMConfig, LLMSelector
+from prompts.template import load_prompt
+from retrieval.decision import Threshold
+from retrieval.embedder import Embedder, SentenceTransformerEmbedder
+from retrieval.fusion import Aggregation
+from retrieval.index import LabelIndex, chroma_client
+from retrieval.retriever import Retriever
+from service.pipeline import Pipeline
+from service.settings import Settings
+
+
+@lru_cache(maxsize=4)
+def _cached_embedder(model: str, batch_size: int) -> SentenceTransformerEmbedder:
+    return SentenceTransformerEmbedder(model, batch_size=batch_size)
+
+
+def build_embedder(settings: Settings) -> Embedder:
+    """The configured embedder, loaded once per process."""
+    return _cached_embedder(settings.embedder, settings.embed_batch_size)
+
+
+def build_index(settings: Settings, embedder: Embedder | None = None) -> LabelIndex:
+    """The label index on the embedded directory, or on a Chroma server when a host is set."""
+    client = chroma_client(settings.db, settings.chroma_host, settings.chroma_port)
+    return LabelIndex(client, embedder or build_embedder(settings), name=settings.collection)
+
+
+def build_selector(settings: Settings) -> LLMSelector | None:
+    """The LLM selector, or None when no endpoint is configured."""
+    if not settings.llm_configured:
+        return None
+    import openai
+
+    client = openai.OpenAI(
+        base_url=settings.llm_base_url,
+        api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else "unused",
+        timeout=settings.llm_timeout_s,
+        max_retries=0,  # tenacity in the selector is the only retry layer
+    )
+    config = LLMConfig(
+        model=settings.llm_model, response_format=settings.llm_response_format,
+        temperature=settings.llm_temperature, max_answer_tokens=settings.llm_max_answer_tokens,
+        max_attempts=settings.llm_max_attempts, max_wait_s=settings.llm_max_wait_s,
+        max_text_tokens=settings.max_text_tokens, max_prompt_tokens=settings.max_prompt_tokens,
+        schema_slots=max(settings.top_k, 20),
+    )
+    return LLMSelector(client, load_prompt(settings.prompt), config)
+
+
+def build_pipeline(settings: Settings, index: LabelIndex | None = None) -> Pipeline:
+    """The whole pipeline as configured."""
+    index = index or build_index(settings)
+    aggregation = Aggregation(settings.aggregation, settings.rrf_k,
+                              settings.max_hits_per_label or None)
+    threshold = Threshold(settings.threshold, settings.relative_threshold, settings.max_labels)
+    return Pipeline(Retriever(index, aggregation, settings.neighbours), threshold,
+                    top_k=settings.top_k, selector=build_selector(settings),
+                    max_text_chars=settings.max_text_chars,
+                    llm_concurrency=settings.llm_concurrency)

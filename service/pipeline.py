@@ -1,0 +1,166 @@
+"""The one pipeline every front end calls: texts -> candidates -> choice -> results."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from prompts.render import Option
+from prompts.selector import LLMError, Selection
+from retrieval.catalog import Label
+from retrieval.decision import Threshold, choose, why_none
+from retrieval.errors import InvalidTextError, LabelrankError, TextTooLongError
+from retrieval.fusion import Candidate
+from retrieval.index import LabelIndex
+from service.results import ClassifyResult, ItemError, LabelScore, Outcome, Usage
+
+Mode = Literal["auto", "llm", "retrieval"]
+
+
+class CandidateSource(Protocol):
+    """Shortlists labels for a batch of texts."""
+
+    index: LabelIndex
+
+    def candidates(self, texts: Sequence[str], top_k: int) -> list[list[Candidate]]: ...
+
+
+class Selector(Protocol):
+    """Chooses among candidates for one text."""
+
+    def select(self, text: str, options: Sequence[Option], max_labels: int) -> Selection: ...
+
+
+class NoLLMConfigured(LabelrankError):
+    code = "llm_not_configured"
+    status = 400
+
+
+@dataclass(frozen=True)
+class ClassifyOptions:
+    """Per-call choices; None means the pipeline's default."""
+
+    mode: Mode = "auto"
+    top_k: int | None = None
+    max_labels: int | None = None
+
+
+class Pipeline:
+    """Retrieval, then the LLM (or the threshold), for batches of texts."""
+
+    def __init__(self, retriever: CandidateSource, threshold: Threshold, top_k: int,
+                 selector: Selector | None = None, max_text_chars: int = 20_000,
+                 llm_concurrency: int = 8) -> None:
+        self.retriever = retriever
+        self.threshold = threshold
+        self.top_k = top_k
+        self.selector = selector
+        self.max_text_chars = max_text_chars
+        self._pool = ThreadPoolExecutor(max_workers=llm_concurrency,
+                                        thread_name_prefix="labelrank-llm")
+
+    @property
+    def index(self) -> LabelIndex:
+        """The label index behind the retriever."""
+        return self.retriever.index
+
+    def classify(self, text: str, options: ClassifyOptions = ClassifyOptions()) -> ClassifyResult:
+        """One text; raises the item's error instead of returning it."""
+        self._check_text(text)
+        outcome = self.classify_batch([text], options)[0]
+        assert isinstance(outcome, ClassifyResult)
+        return outcome
+
+    def classify_batch(self, texts: Sequence[str],
+                       options: ClassifyOptions = ClassifyOptions()) -> list[Outcome]:
+        """One outcome per text, in order: a result, or an error record for that text."""
+        mode = self._resolve_mode(options.mode)
+        top_k = options.top_k or self.top_k
+        max_labels = options.max_labels or self.threshold.max_labels
+        outcomes: list[Outcome | None] = [None] * len(texts)
+        valid: list[int] = []
+        for position, text in enumerate(texts):
+            try:
+                self._check_text(text)
+                valid.append(position)
+            except LabelrankError as exc:
+                outcomes[position] = ItemError(error=exc.to_dict())
+        started = time.perf_counter()
+        shortlists = self.retriever.candidates([texts[i] for i in valid], top_k)
+        retrieval_ms = (time.perf_counter() - started) * 1000 / max(len(valid), 1)
+        if mode == "llm":
+            chosen = self._pool.map(
+                lambda args: self._with_llm(*args, max_labels=max_labels),
+                [(texts[i], cands) for i, cands in zip(valid, shortlists, strict=True)])
+        else:
+            chosen = (self._with_threshold(c, max_labels) for c in shortlists)
+        for position, result in zip(valid, chosen, strict=True):
+            result.latency_ms = round(result.latency_ms + retrieval_ms, 2)
+            outcomes[position] = result
+        return outcomes  # type: ignore[return-value]
+
+    def _resolve_mode(self, mode: Mode) -> Literal["llm", "retrieval"]:
+        if mode == "llm" and self.selector is None:
+            raise NoLLMConfigured("mode 'llm' needs an LLM endpoint: set LABELRANK_LLM_BASE_URL "
+                                  "(or OPENAI_BASE_URL / OPENAI_API_KEY)")
+        if mode == "auto":
+            return "llm" if self.selector is not None else "retrieval"
+        return mode
+
+    def _check_text(self, text: object) -> None:
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidTextError("text is empty", field="text")
+        if len(text) > self.max_text_chars:
+            raise TextTooLongError(
+                f"text has {len(text)} characters; the limit is {self.max_text_chars}",
+                field="text", limit=self.max_text_chars)
+
+    def _with_threshold(self, candidates: list[Candidate], max_labels: int,
+                        degraded_reason: str | None = None) -> ClassifyResult:
+        rule = Threshold(self.threshold.min_similarity, self.threshold.relative, max_labels)
+        chosen = choose(candidates, rule)
+        reason = degraded_reason or (None if chosen else why_none(candidates, rule))
+        return ClassifyResult(labels=self._scores(chosen), candidates=self._scores(candidates),
+                              mode="retrieval", degraded=degraded_reason is not None,
+                              reason=reason)
+
+    def _with_llm(self, text: str, candidates: list[Candidate], max_labels: int) -> ClassifyResult:
+        try:
+            selection = self.selector.select(text, self._options(candidates), max_labels)  # type: ignore[union-attr]
+        except LLMError as exc:
+            fallback = self._with_threshold(candidates, max_labels,
+                                            degraded_reason=f"llm_failed: {exc.reason}")
+            fallback.llm_attempts = exc.attempts
+            return fallback
+        by_id = {c.label_id: c for c in candidates}
+        chosen = [by_id[i] for i in selection.label_ids if i in by_id]
+        return ClassifyResult(
+            labels=self._scores(chosen), candidates=self._scores(candidates), mode="llm",
+            reason=None if chosen else "the LLM chose none of the candidates",
+            usage=Usage(prompt_tokens=selection.usage.prompt_tokens,
+                        completion_tokens=selection.usage.completion_tokens),
+            dropped_ids=selection.dropped_ids, llm_attempts=selection.attempts,
+            latency_ms=selection.latency_s * 1000,
+        )
+
+    def _options(self, candidates: list[Candidate]) -> list[Option]:
+        labels = self.index.labels
+        return [Option(c.label_id, labels[c.label_id].name, labels[c.label_id].description,
+                       tuple(a.name for a in self._path(labels[c.label_id])), c.evidence)
+                for c in candidates]
+
+    def _path(self, label: Label) -> list[Label]:
+        labels = self.index.labels
+        chain = [label]
+        while chain[-1].parent in labels and len(chain) < 32:
+            chain.append(labels[chain[-1].parent])  # type: ignore[index]
+        return chain[::-1]
+
+    def _scores(self, candidates: Sequence[Candidate]) -> list[LabelScore]:
+        labels = self.index.labels
+        return [LabelScore(id=c.label_id, name=labels[c.label_id].name,
+                           score=round(c.score, 6), similarity=round(c.similarity, 6))
+                for c in candidates if c.label_id in labels]

@@ -1,0 +1,47 @@
+"""The result contract shared by the CLI, the API, batch files and eval runs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class LabelScore(BaseModel):
+    """A label with the retrieval score that ranked it."""
+
+    id: str
+    name: str
+    score: float
+    similarity: float | None = None
+
+
+class Usage(BaseModel):
+    """LLM tokens spent on one result."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class ClassifyResult(BaseModel):
+    """Labels for one text, its candidates, and which path produced them."""
+
+    labels: list[LabelScore]
+    candidates: list[LabelScore]
+    mode: Literal["llm", "retrieval"]
+    degraded: bool = False
+    reason: str | None = Field(None, description="Why the result is degraded, or why it is empty")
+    usage: Usage = Usage()
+    dropped_ids: list[str] = Field(default_factory=list,
+                                   description="Ids the LLM answered that were not candidates")
+    llm_attempts: int = 0
+    latency_ms: float = 0.0
+
+
+class ItemError(BaseModel):
+    """One item that could not be classified, and why."""
+
+    error: dict[str, object]
+
+
+Outcome = ClassifyResult | ItemError

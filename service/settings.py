@@ -1,0 +1,67 @@
+"""One typed settings object, read from the environment and `.env` once, then passed in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of labelrank; env prefix LABELRANK_ (OpenAI's own variable names also work)."""
+
+    model_config = SettingsConfigDict(env_prefix="LABELRANK_", env_file=".env",
+                                      extra="ignore", populate_by_name=True)
+
+    # Index and embedder
+    db: Path = Path("labelrank-data")
+    chroma_host: str | None = None
+    chroma_port: int = 8000
+    collection: str = "labelrank"
+    embedder: str = "all-MiniLM-L6-v2"
+    embed_batch_size: int = Field(128, ge=1)
+
+    # Retrieval
+    neighbours: int = Field(100, ge=1, le=2000)
+    top_k: int = Field(30, ge=1, le=200)
+    aggregation: Literal["rrf", "max"] = "rrf"
+    rrf_k: float = Field(1.0, ge=0)
+    max_hits_per_label: int = Field(3, ge=0)
+    threshold: float = Field(0.4, ge=-1, le=1)
+    relative_threshold: float = Field(0.5, ge=0, le=1)
+    max_labels: int = Field(5, ge=1, le=100)
+    max_text_chars: int = Field(20_000, ge=1)
+
+    # LLM (any OpenAI-compatible endpoint)
+    llm_base_url: str | None = Field(
+        None, validation_alias=AliasChoices("LABELRANK_LLM_BASE_URL", "OPENAI_BASE_URL"))
+    llm_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("LABELRANK_LLM_API_KEY", "OPENAI_API_KEY"))
+    llm_model: str = "gpt-4o-mini"
+    llm_response_format: Literal["json_schema", "json_object", "none"] = "json_schema"
+    llm_timeout_s: float = Field(30.0, gt=0)
+    llm_max_attempts: int = Field(4, ge=1)
+    llm_max_wait_s: float = Field(20.0, ge=0)
+    llm_concurrency: int = Field(8, ge=1)
+    llm_temperature: float = 0.0
+    llm_max_answer_tokens: int | None = None
+    prompt: str = "select_labels@v1"
+    max_text_tokens: int = Field(1500, ge=16)
+    max_prompt_tokens: int = Field(6000, ge=256)
+
+    @field_validator("llm_base_url", "chroma_host", mode="after")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value or None
+
+    @property
+    def llm_configured(self) -> bool:
+        """True when an endpoint or an API key is set."""
+        return bool(self.llm_base_url or self.llm_api_key)
+
+
+def get_settings(**overrides: object) -> Settings:
+    """Build settings from env and `.env`, with explicit overrides (CLI flags) on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,60 @@
+"""Shared fixtures: the real MiniLM embedder, real Chroma in a temp dir, a fake LLM over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from retrieval.catalog import load_catalog
+from retrieval.embedder import SentenceTransformerEmbedder
+from retrieval.index import LabelIndex, chroma_client
+from service.factory import build_pipeline
+from service.pipeline import Pipeline
+from service.settings import Settings
+from tests.fake_openai import FakeOpenAI
+
+DATA = Path(__file__).parent / "data"
+MINI_CATALOG = DATA / "mini_catalog.jsonl"
+
+
+@pytest.fixture(scope="session")
+def embedder() -> SentenceTransformerEmbedder:
+    """The real all-MiniLM-L6-v2, loaded once per test session."""
+    return SentenceTransformerEmbedder()
+
+
+def make_settings(tmp_path: Path, **overrides: object) -> Settings:
+    """Settings isolated from the developer's env and .env."""
+    base = {"db": tmp_path / "db", "llm_base_url": None, "llm_api_key": None}
+    return Settings(_env_file=None, **{**base, **overrides})
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def mini_index(settings: Settings, embedder: SentenceTransformerEmbedder) -> LabelIndex:
+    """A real Chroma index of the mini catalog in a temp dir."""
+    index = LabelIndex(chroma_client(settings.db), embedder, name=settings.collection)
+    index.sync(load_catalog(MINI_CATALOG))
+    return index
+
+
+@pytest.fixture
+def fake_llm() -> Iterator[FakeOpenAI]:
+    """A fake OpenAI-compatible server on loopback."""
+    with FakeOpenAI() as server:
+        yield server
+
+
+@pytest.fixture
+def llm_pipeline(tmp_path: Path, mini_index: LabelIndex, fake_llm: FakeOpenAI) -> Pipeline:
+    """The real pipeline wired to the fake LLM with fast retries."""
+    settings = make_settings(tmp_path, llm_base_url=fake_llm.base_url, llm_api_key="test",
+                             llm_model="fake-model", llm_max_attempts=3, llm_max_wait_s=0.05,
+                             llm_timeout_s=2.0, top_k=5, threshold=0.3)
+    return build_pipeline(settings, index=mini_index)

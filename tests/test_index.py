@@ -1,0 +1,127 @@
+"""The label index against real Chroma and the real embedder: build, update, guard."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from retrieval.catalog import Catalog, Label, load_catalog
+from retrieval.embedder import SentenceTransformerEmbedder, resolve_model_path
+from retrieval.errors import CatalogError, EmptyIndexError, IndexMismatchError, UnknownLabelError
+from retrieval.index import LabelIndex, chroma_client, label_texts
+from service.factory import build_index, build_pipeline
+from service.indexing import build_or_update
+from service.pipeline import ClassifyOptions
+from service.settings import Settings
+from tests.conftest import MINI_CATALOG, make_settings
+
+VOLCANO = Label(id="geo.volcanoes", name="Volcanoes",
+                description="Eruptions, lava and volcanic activity.",
+                examples=("the volcano erupted and lava reached the village",
+                          "ash clouds from the eruption grounded flights"))
+
+
+def top_label(settings: Settings, index: LabelIndex, text: str) -> str | None:
+    result = build_pipeline(settings, index=index).classify(text, ClassifyOptions("retrieval"))
+    return result.labels[0].id if result.labels else None
+
+
+def test_every_label_text_is_a_vector(mini_index: LabelIndex) -> None:
+    catalog = load_catalog(MINI_CATALOG)
+    expected = sum(len(label_texts(lab)) for lab in catalog.labels.values())
+    assert mini_index.vector_count() == expected
+    assert set(mini_index.labels) == set(catalog.labels)
+    assert "my puppy keeps chewing the sofa" in mini_index.examples("pets.dogs")
+
+
+def test_resync_of_unchanged_catalog_writes_nothing(mini_index: LabelIndex) -> None:
+    report = mini_index.sync(load_catalog(MINI_CATALOG))
+    assert (report.vectors_added, report.vectors_removed, report.labels_unchanged) == (0, 0, 9)
+
+
+def test_changed_label_is_the_only_one_reembedded(mini_index: LabelIndex) -> None:
+    catalog = load_catalog(MINI_CATALOG)
+    dogs = catalog.labels["pets.dogs"]
+    changed = Catalog({**catalog.labels,
+                       "pets.dogs": replace(dogs, examples=(*dogs.examples[1:], "a new dog"))})
+    report = mini_index.sync(changed)
+    assert report.changed_ids == ["pets.dogs"]
+    assert (report.vectors_added, report.vectors_removed) == (1, 1)
+    assert "a new dog" in mini_index.examples("pets.dogs")
+
+
+def test_label_lifecycle_changes_the_next_answer(settings: Settings,
+                                                 mini_index: LabelIndex) -> None:
+    text = "lava poured down the side of the erupting volcano"
+    assert top_label(settings, mini_index, text) != "geo.volcanoes"
+    mini_index.upsert(VOLCANO)
+    assert top_label(settings, mini_index, text) == "geo.volcanoes"
+    removed = mini_index.delete(["geo.volcanoes"])
+    assert removed == len(label_texts(VOLCANO))
+    assert top_label(settings, mini_index, text) != "geo.volcanoes"
+    with pytest.raises(UnknownLabelError):
+        mini_index.get("geo.volcanoes")
+
+
+def test_pruning_removes_labels_gone_from_the_catalog(mini_index: LabelIndex) -> None:
+    catalog = load_catalog(MINI_CATALOG)
+    kept = {k: v for k, v in catalog.labels.items() if k != "money.taxes"}
+    report = mini_index.sync(Catalog(kept))
+    assert report.labels_removed == 1
+    assert "money.taxes" not in mini_index.labels
+    assert mini_index.vector_count() == sum(len(label_texts(v)) for v in kept.values())
+
+
+def test_upsert_with_unknown_parent_is_refused(mini_index: LabelIndex) -> None:
+    with pytest.raises(UnknownLabelError, match="parent"):
+        mini_index.upsert(replace(VOLCANO, parent="geo"))
+    assert "geo.volcanoes" not in mini_index.labels
+
+
+def test_other_embedder_is_refused(tmp_path: Path, mini_index: LabelIndex) -> None:
+    # The same weights under another model setting count as another embedder.
+    other = make_settings(tmp_path, embedder=str(resolve_model_path("all-MiniLM-L6-v2")))
+    with pytest.raises(IndexMismatchError, match="built with embedder 'all-MiniLM-L6-v2'"):
+        build_index(other)
+
+
+def test_fingerprint_tracks_the_catalog(mini_index: LabelIndex) -> None:
+    before = mini_index.fingerprint()
+    assert before["embedder"] == "all-MiniLM-L6-v2" and before["labels"] == 9
+    mini_index.upsert(VOLCANO)
+    assert mini_index.fingerprint()["catalog_hash"] != before["catalog_hash"]
+
+
+def test_empty_index_says_so(settings: Settings,
+                             embedder: SentenceTransformerEmbedder) -> None:
+    index = LabelIndex(chroma_client(settings.db), embedder)
+    with pytest.raises(EmptyIndexError, match="labelrank index"):
+        index.search(embedder.embed(["hello"]), 5)
+
+
+@pytest.mark.parametrize("bad_line", ["{oops", json.dumps({"name": "no id"})])
+def test_rejected_catalog_leaves_index_untouched(tmp_path: Path, settings: Settings,
+                                                 mini_index: LabelIndex, bad_line: str) -> None:
+    before = (mini_index.vector_count(), mini_index.fingerprint())
+    lines = MINI_CATALOG.read_text().splitlines()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join([*lines, json.dumps(VOLCANO.__dict__ | {"examples": []}), bad_line]))
+    with pytest.raises(CatalogError):
+        build_or_update(settings, bad, [])
+    reopened = build_index(settings)
+    assert (reopened.vector_count(), reopened.fingerprint()) == before
+    assert "geo.volcanoes" not in reopened.labels
+
+
+def test_rejected_examples_leave_index_untouched(tmp_path: Path, settings: Settings,
+                                                 mini_index: LabelIndex) -> None:
+    before = mini_index.vector_count()
+    examples = tmp_path / "train.jsonl"
+    examples.write_text(json.dumps({"text": "a dog", "labels": ["pets.dogs"]}) + "\n"
+                        + json.dumps({"text": "x", "labels": ["nope"]}) + "\n")
+    with pytest.raises(CatalogError, match=r"train\.jsonl:2"):
+        build_or_update(settings, MINI_CATALOG, [examples])
+    assert build_index(settings).vector_count() == before
