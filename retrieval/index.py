@@ -6,7 +6,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +120,20 @@ class LabelIndex:
                                   include=["documents"])
         return sorted(found["documents"] or [])
 
+    def children(self, label_id: str) -> list[str]:
+        """Ids of the labels whose parent is `label_id`."""
+        return [lid for lid, lab in self._labels.items() if lab.parent == label_id]
+
+    def calibration(self) -> dict | None:
+        """Retrieval settings chosen by `labelrank calibrate`, saved with the index."""
+        raw = (self._vectors.metadata or {}).get("calibration")
+        return json.loads(raw) if raw else None
+
+    def save_calibration(self, values: dict) -> None:
+        """Store calibrated retrieval settings beside the index."""
+        with self._lock:
+            self._set_meta(calibration=json.dumps(values, sort_keys=True))
+
     def vector_count(self) -> int:
         """Number of vectors in the index."""
         return self._vectors.count()
@@ -181,6 +195,22 @@ class LabelIndex:
             raise UnknownLabelError(f"parent {label.parent!r} is not in the index",
                                     label_id=label.parent, field="parent")
         return self.sync(Catalog({label.id: label}), prune=False)
+
+    def add_examples(self, label_id: str, texts: Sequence[str]) -> SyncReport:
+        """Add example texts to a label (existing ones are kept, repeats ignored)."""
+        with self._lock:
+            label = self.get(label_id)
+            new = (t.strip() for t in texts if t.strip())
+            merged = dict.fromkeys([*self.examples(label_id), *new])
+            return self.upsert(replace(label, examples=tuple(merged)))
+
+    def remove_examples(self, label_id: str, texts: Sequence[str]) -> SyncReport:
+        """Remove example texts from a label; texts it does not have are ignored."""
+        with self._lock:
+            label = self.get(label_id)
+            drop = {t.strip() for t in texts}
+            kept = [t for t in self.examples(label_id) if t not in drop]
+            return self.upsert(replace(label, examples=tuple(kept)))
 
     def delete(self, label_ids: Sequence[str]) -> int:
         """Remove labels and all their vectors; returns the number of vectors removed."""

@@ -53,9 +53,22 @@ def build_selector(settings: Settings) -> LLMSelector | None:
     return LLMSelector(client, load_prompt(settings.prompt), config)
 
 
+CALIBRATED_FIELDS = ("aggregation", "rrf_k", "max_hits_per_label", "threshold",
+                     "relative_threshold", "max_labels")
+
+
+def effective_settings(settings: Settings, index: LabelIndex) -> Settings:
+    """Settings with the index's calibration applied where the user set nothing explicitly."""
+    calibrated = (index.calibration() or {}).get("settings", {})
+    updates = {name: value for name, value in calibrated.items()
+               if name in CALIBRATED_FIELDS and name not in settings.model_fields_set}
+    return settings.model_copy(update=updates) if updates else settings
+
+
 def build_pipeline(settings: Settings, index: LabelIndex | None = None) -> Pipeline:
-    """The whole pipeline as configured."""
+    """The whole pipeline as configured (calibration saved with the index fills the gaps)."""
     index = index or build_index(settings)
+    settings = effective_settings(settings, index)
     aggregation = Aggregation(settings.aggregation, settings.rrf_k,
                               settings.max_hits_per_label or None)
     threshold = Threshold(settings.threshold, settings.relative_threshold, settings.max_labels)

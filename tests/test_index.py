@@ -125,3 +125,22 @@ def test_rejected_examples_leave_index_untouched(tmp_path: Path, settings: Setti
     with pytest.raises(CatalogError, match=r"train\.jsonl:2"):
         build_or_update(settings, MINI_CATALOG, [examples])
     assert build_index(settings).vector_count() == before
+
+
+def test_examples_can_be_added_and_removed(settings: Settings, mini_index: LabelIndex) -> None:
+    text = "the parrot repeats every word my grandmother says"
+    mini_index.add_examples("pets.cats", [text, "  "])
+    assert text in mini_index.examples("pets.cats")
+    assert "my cat scratches the furniture" in mini_index.examples("pets.cats")
+    mini_index.remove_examples("pets.cats", [text])
+    assert text not in mini_index.examples("pets.cats")
+    assert len(mini_index.examples("pets.cats")) == 3
+
+
+def test_saved_calibration_applies_unless_set_explicitly(tmp_path: Path,
+                                                         mini_index: LabelIndex) -> None:
+    mini_index.save_calibration({"settings": {"threshold": 0.77, "max_labels": 2}})
+    pipeline = build_pipeline(make_settings(tmp_path), index=mini_index)
+    assert (pipeline.threshold.min_similarity, pipeline.threshold.max_labels) == (0.77, 2)
+    explicit = build_pipeline(make_settings(tmp_path, threshold=0.1), index=mini_index)
+    assert (explicit.threshold.min_similarity, explicit.threshold.max_labels) == (0.1, 2)
