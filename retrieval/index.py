@@ -19,6 +19,8 @@ SCHEMA_VERSION = 1
 KINDS = ("name", "alias", "description", "example")
 _WRITE_BATCH = 4096
 _PAGE = 5000
+# Chroma turns one query batch into SQL with a bounded number of variables.
+_QUERY_BATCH = 256
 
 Progress = Callable[[int], None]
 
@@ -150,15 +152,18 @@ class LabelIndex:
         if total == 0:
             raise EmptyIndexError("the index is empty: run `labelrank index CATALOG` first")
         n = min(n, total)
-        found = self._vectors.query(query_embeddings=vectors, n_results=n,
-                                    include=["metadatas", "documents", "distances"])
         results = []
-        for metas, docs, dists in zip(found["metadatas"], found["documents"],
-                                      found["distances"], strict=True):
-            results.append([
-                Hit(meta["label_id"], meta["kind"], doc, 1.0 - float(dist), rank)
-                for rank, (meta, doc, dist) in enumerate(zip(metas, docs, dists, strict=True), 1)
-            ])
+        for start in range(0, len(vectors), _QUERY_BATCH):
+            found = self._vectors.query(query_embeddings=vectors[start:start + _QUERY_BATCH],
+                                        n_results=n,
+                                        include=["metadatas", "documents", "distances"])
+            for metas, docs, dists in zip(found["metadatas"], found["documents"],
+                                          found["distances"], strict=True):
+                results.append([
+                    Hit(meta["label_id"], meta["kind"], doc, 1.0 - float(dist), rank)
+                    for rank, (meta, doc, dist) in enumerate(zip(metas, docs, dists,
+                                                                 strict=True), 1)
+                ])
         return results
 
     # -- writing -------------------------------------------------------------

@@ -1,0 +1,141 @@
+"""`labelrank calibrate`: choose aggregation, threshold and label limit on a dev set."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+from eval.datasets import Dataset, refuse_test_split
+from eval.metrics import is_single_label
+from retrieval.decision import Threshold
+from retrieval.fusion import Aggregation, Candidate, aggregate
+from service.pipeline import Pipeline
+
+AGGREGATIONS = [Aggregation("max", 0, None)] + [
+    Aggregation("rrf", k, m) for k in (1.0, 10.0, 60.0) for m in (1, 3, 5, None)]
+SIMILARITIES = [round(float(x), 3) for x in np.arange(0.10, 0.901, 0.02)]
+RELATIVES = (0.0, 0.25, 0.5, 0.75, 0.9)
+METRICS = ("f1_samples", "jaccard", "accuracy", "f1_micro", "candidate_recall")
+
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The chosen retrieval settings and the dev-set score they reached."""
+
+    aggregation: Aggregation
+    threshold: Threshold
+    metric: str
+    value: float
+    candidate_recall: float
+
+    def settings(self) -> dict[str, object]:
+        """As Settings fields, the form saved beside the index."""
+        agg = self.aggregation
+        return {"aggregation": agg.method, "rrf_k": agg.k, "max_hits_per_label": agg.max_hits or 0,
+                "threshold": self.threshold.min_similarity,
+                "relative_threshold": self.threshold.relative,
+                "max_labels": self.threshold.max_labels}
+
+
+class Shortlists:
+    """Shortlists as matrices (texts x rank), so every threshold rule is scored at numpy speed."""
+
+    def __init__(self, shortlists: Sequence[Sequence[Candidate]],
+                 gold: Sequence[Sequence[str]]) -> None:
+        width = max((len(s) for s in shortlists), default=1) or 1
+        rows = len(shortlists)
+        self.similarity = np.full((rows, width), -np.inf)
+        self.relative = np.full((rows, width), -np.inf)
+        self.correct = np.zeros((rows, width), dtype=bool)
+        for row, (cands, labels) in enumerate(zip(shortlists, gold, strict=True)):
+            top = cands[0].score if cands else 1.0
+            for col, cand in enumerate(cands):
+                self.similarity[row, col] = cand.similarity
+                self.relative[row, col] = cand.score / top if top else 0.0
+                self.correct[row, col] = cand.label_id in labels
+        self.n_gold = np.array([len(set(g)) for g in gold])
+
+    def score(self, rule: Threshold, metric: str) -> float:
+        """The metric of the rule's predictions, with the conventions of eval.metrics."""
+        passing = (self.similarity >= rule.min_similarity) & (self.relative >= rule.relative)
+        chosen = passing & (np.cumsum(passing, axis=1) <= rule.max_labels)
+        tp = (chosen & self.correct).sum(axis=1)
+        n_pred = chosen.sum(axis=1)
+        both_empty = (n_pred == 0) & (self.n_gold == 0)
+        if metric == "accuracy":
+            first = np.argmax(chosen, axis=1)
+            first_ok = self.correct[np.arange(len(first)), first] & (self.n_gold == 1)
+            return float(np.mean(both_empty | ((n_pred >= 1) & first_ok)))
+        if metric == "f1_micro":
+            fp, fn = (n_pred - tp).sum(), (self.n_gold - tp).sum()
+            return float(2 * tp.sum() / (2 * tp.sum() + fp + fn)) if tp.sum() else 0.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if metric == "jaccard":
+                per_text = tp / (n_pred + self.n_gold - tp)
+            else:  # f1_samples
+                per_text = 2 * tp / (n_pred + self.n_gold)
+        return float(np.mean(np.where(both_empty, 1.0, np.nan_to_num(per_text))))
+
+
+def best_threshold(shortlists: Shortlists, metric: str,
+                   max_labels_grid: Sequence[int]) -> tuple[Threshold, float]:
+    """The threshold rule that scores best on these shortlists (ties: the first found)."""
+    best, best_value = Threshold(), -1.0
+    for max_labels in max_labels_grid:
+        for relative in RELATIVES if max_labels > 1 else (0.0,):
+            for similarity in SIMILARITIES:
+                rule = Threshold(similarity, relative, max_labels)
+                value = shortlists.score(rule, metric)
+                if value > best_value + 1e-12:
+                    best, best_value = rule, value
+    return best, best_value
+
+
+def candidate_recall(shortlists: Sequence[Sequence[Candidate]],
+                     gold: Sequence[Sequence[str]]) -> float:
+    """Mean share of gold labels on the shortlist, over texts with gold labels."""
+    shares = [len(set(g) & {c.label_id for c in s}) / len(set(g))
+              for s, g in zip(shortlists, gold, strict=True) if g]
+    return float(np.mean(shares)) if shares else 0.0
+
+
+def calibrate(pipeline: Pipeline, dataset: Dataset, metric: str = "auto",
+              top_k: int | None = None) -> tuple[Calibration, list[Calibration]]:
+    """Search every aggregation and threshold; return the best and the best per aggregation."""
+    refuse_test_split(dataset.path)
+    gold = [list(ex.labels) for ex in dataset.examples]
+    if metric == "auto":
+        metric = "accuracy" if is_single_label(gold) else "f1_samples"
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
+    top_k = top_k or pipeline.top_k
+    index = pipeline.index
+    vectors = index.embedder.embed([ex.text for ex in dataset.examples])
+    hits = index.search(vectors, max(pipeline.retriever.neighbours, top_k))  # type: ignore[attr-defined]
+    assignable = {lid for lid, lab in index.labels.items() if lab.assignable}
+    widest = max((len(g) for g in gold), default=1)
+    max_labels_grid = sorted({1, 2, 3, 5, min(widest, 10)} if widest > 1 else {1})
+    select_by = "f1_samples" if metric == "candidate_recall" else metric
+    results = []
+    for how in AGGREGATIONS:
+        shortlists = [aggregate(h, how, top_k, assignable) for h in hits]
+        rule, value = best_threshold(Shortlists(shortlists, gold), select_by, max_labels_grid)
+        recall = candidate_recall(shortlists, gold)
+        results.append(Calibration(how, rule, metric,
+                                   recall if metric == "candidate_recall" else value, recall))
+    best = max(results, key=lambda c: (c.value, c.candidate_recall))
+    return best, results
+
+
+def calibration_record(best: Calibration, dataset: Dataset) -> dict:
+    """What is saved beside the index."""
+    return {"settings": best.settings(), "metric": best.metric, "value": round(best.value, 4),
+            "candidate_recall": round(best.candidate_recall, 4),
+            "dataset": {"name": dataset.name, "sha256": dataset.sha256,
+                        "n": len(dataset.examples)},
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "aggregation": asdict(best.aggregation)}

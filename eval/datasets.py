@@ -1,0 +1,83 @@
+"""Gold datasets: `{id?, text, labels}` JSONL, hashed so runs and caches can name them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from retrieval.errors import LabelrankError
+
+
+class DatasetError(LabelrankError):
+    code = "invalid_dataset"
+    status = 422
+
+
+@dataclass(frozen=True)
+class Example:
+    """One gold text."""
+
+    id: str
+    text: str
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A gold split with its content hash."""
+
+    path: Path
+    sha256: str
+    examples: list[Example]
+    half: str | None = None
+
+    @property
+    def name(self) -> str:
+        """`<folder>/<file stem>`, e.g. `clinc150/valid`."""
+        name = f"{self.path.parent.name}/{self.path.stem}"
+        return f"{name}.{self.half}" if self.half else name
+
+
+def load_dataset(path: str | Path, limit: int | None = None, half: str | None = None) -> Dataset:
+    """Read a gold JSONL file; only half `a` or `b` of it, and the first `limit` texts, if asked."""
+    path = Path(path)
+    if half not in (None, "a", "b"):
+        raise DatasetError(f"half must be 'a' or 'b', not {half!r}", field="half")
+    if not path.is_file():
+        raise DatasetError(f"dataset not found: {path}", path=str(path))
+    raw = path.read_bytes()
+    examples = []
+    for line_no, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        text = row.get("text") if isinstance(row, dict) else None
+        labels = row.get("labels", []) if isinstance(row, dict) else None
+        if not isinstance(text, str) or not isinstance(labels, list):
+            raise DatasetError(f"{path.name}:{line_no}: expected {{text, labels: [...]}}",
+                               path=str(path), line=line_no)
+        example = Example(str(row.get("id", line_no)), text, tuple(labels))
+        if half and in_half(example.id) != half:
+            continue
+        examples.append(example)
+        if limit and len(examples) >= limit:
+            break
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    return Dataset(path, f"{digest}:{half}" if half else digest, examples, half)
+
+
+def in_half(example_id: str) -> str:
+    """Stable split of a dataset into halves `a` and `b` by id: calibrate on one, report on b."""
+    return "a" if hashlib.sha1(example_id.encode()).digest()[0] % 2 == 0 else "b"
+
+
+def refuse_test_split(path: str | Path) -> None:
+    """Calibration and tuning must never see a test split."""
+    if "test" in Path(path).stem.lower():
+        raise DatasetError(f"{path} looks like a test split; calibrate on train or valid only",
+                           path=str(path))

@@ -1,0 +1,134 @@
+"""`labelrank eval`: run the pipeline over a gold set, score it, and save a run file."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from tqdm import tqdm
+
+from eval.cache import CachedRetriever, CachedSelector, Store
+from eval.datasets import Dataset
+from eval.metrics import evaluate, is_single_label
+from prompts.selector import LLMSelector
+from service.factory import build_pipeline, effective_settings
+from service.pipeline import ClassifyOptions, Mode, Pipeline
+from service.results import ClassifyResult
+from service.settings import Settings
+
+KS = (1, 3, 5, 10)
+CHUNK = 256
+
+
+@dataclass
+class EvalConfig:
+    """What to run: mode, shortlist size, caches."""
+
+    mode: Mode = "retrieval"
+    top_k: int | None = None
+    cache_dir: Path | None = Path(".labelrank-cache")
+    out_dir: Path = Path("eval/runs")
+    label: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def run_eval(settings: Settings, dataset: Dataset, config: EvalConfig,
+             pipeline: Pipeline | None = None) -> dict:
+    """Classify every text with `classify_batch`, compute metrics, return the run record."""
+    pipeline = pipeline or build_pipeline(settings)
+    settings = effective_settings(settings, pipeline.index)
+    store = Store(config.cache_dir / "cache.sqlite") if config.cache_dir else None
+    if store:
+        pipeline.retriever = CachedRetriever(pipeline.retriever, store)  # type: ignore[assignment]
+        if isinstance(pipeline.selector, LLMSelector):
+            pipeline.selector = CachedSelector(pipeline.selector, store)
+    options = ClassifyOptions(mode=config.mode, top_k=config.top_k)
+    texts = [ex.text for ex in dataset.examples]
+    outcomes = []
+    started = time.perf_counter()
+    with tqdm(total=len(texts), unit="text", desc="eval", disable=None, leave=False) as bar:
+        for start in range(0, len(texts), CHUNK):
+            outcomes += pipeline.classify_batch(texts[start:start + CHUNK], options)
+            bar.update(min(CHUNK, len(texts) - start))
+    wall_s = time.perf_counter() - started
+    return _record(settings, dataset, config, pipeline, outcomes, wall_s, store)
+
+
+def save_run(run: dict, out_dir: Path) -> Path:
+    """Write the run to a new file; an existing run is never overwritten."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    base = f"{run['dataset']['name'].replace('/', '-')}-{run['mode']}-{stamp}"
+    for suffix in ["", *(f"-{i}" for i in range(2, 1000))]:
+        path = out_dir / f"{base}{suffix}.json"
+        try:
+            with path.open("x", encoding="utf-8") as handle:
+                json.dump(run, handle, ensure_ascii=False, indent=1)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"too many runs named {base} in {out_dir}")
+
+
+def load_run(path: str | Path) -> dict:
+    """Read a saved run."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _record(settings: Settings, dataset: Dataset, config: EvalConfig, pipeline: Pipeline,
+            outcomes: list, wall_s: float, store: Store | None) -> dict:
+    gold = [list(ex.labels) for ex in dataset.examples]
+    predicted, ranked, rows, latencies = [], [], [], []
+    usage = {"prompt_tokens": 0, "completion_tokens": 0, "llm_calls": 0, "cached_llm": 0}
+    degraded = errors = 0
+    for ex, outcome in zip(dataset.examples, outcomes, strict=True):
+        row: dict = {"id": ex.id, "text": ex.text, "gold": list(ex.labels)}
+        if isinstance(outcome, ClassifyResult):
+            labels = [lab.id for lab in outcome.labels]
+            cands = [c.id for c in outcome.candidates]
+            row.update(labels=labels, mode=outcome.mode, degraded=outcome.degraded,
+                       reason=outcome.reason,
+                       candidates=[[c.id, round(c.score, 4), round(c.similarity or 0, 4)]
+                                   for c in outcome.candidates])
+            usage["prompt_tokens"] += outcome.usage.prompt_tokens
+            usage["completion_tokens"] += outcome.usage.completion_tokens
+            usage["llm_calls"] += outcome.llm_attempts
+            usage["cached_llm"] += outcome.mode == "llm" and outcome.llm_attempts == 0
+            degraded += outcome.degraded
+            latencies.append(outcome.latency_ms)
+        else:
+            labels, cands = [], []
+            row["error"] = outcome.error
+            errors += 1
+        predicted.append(labels)
+        ranked.append(cands)
+        rows.append(row)
+    top_k = config.top_k or settings.top_k
+    metrics = evaluate(gold, predicted, ranked, ks=KS, candidate_k=top_k)
+    selector = pipeline.selector
+    template = getattr(getattr(selector, "inner", selector), "template", None)
+    return {
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "label": config.label,
+        "mode": config.mode,
+        "dataset": {"name": dataset.name, "path": str(dataset.path), "sha256": dataset.sha256,
+                    "n": len(dataset.examples), "single_label": is_single_label(gold)},
+        "index": pipeline.index.fingerprint(),
+        "settings": json.loads(settings.model_dump_json(exclude={"llm_api_key"})),
+        "retrieval": {"aggregation": pipeline.retriever.aggregation.describe(),  # type: ignore[attr-defined]
+                      "top_k": top_k, "threshold": pipeline.threshold.__dict__},
+        "prompt": {"task": template.task, "version": template.version,
+                   "sha256": template.sha256} if template else None,
+        "metrics": metrics,
+        "totals": {**usage, "degraded": degraded, "errors": errors, "wall_s": round(wall_s, 2),
+                   "texts_per_s": round(len(rows) / wall_s, 1) if wall_s else None,
+                   "latency_ms_p50": round(statistics.median(latencies), 2) if latencies else None,
+                   "cache_hits": store.hits if store else 0,
+                   "cache_misses": store.misses if store else 0},
+        "extra": config.extra,
+        "predictions": rows,
+    }

@@ -1,0 +1,174 @@
+"""The eval harness: same pipeline, caches, run files, compare, calibrate, report."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from eval.calibrate import Shortlists, best_threshold, calibrate
+from eval.compare import flips, render_comparison
+from eval.datasets import DatasetError, load_dataset
+from eval.metrics import evaluate
+from eval.report import plot_runs
+from eval.run import EvalConfig, load_run, run_eval, save_run
+from retrieval.decision import Threshold, choose
+from retrieval.fusion import Candidate
+from retrieval.index import LabelIndex
+from service.factory import build_pipeline
+from tests.conftest import make_settings
+from tests.fake_openai import FakeOpenAI, Reply
+
+GOLD = [
+    {"id": "1", "text": "my kitten bites my hands", "labels": ["pets.cats"]},
+    {"id": "2", "text": "the puppy chewed my shoes", "labels": ["pets.dogs"]},
+    {"id": "3", "text": "when is the tax filing deadline", "labels": ["money.taxes"]},
+    {"id": "4", "text": "how long should bread proof", "labels": ["food.baking"]},
+    {"id": "5", "text": "the moons of jupiter are icy", "labels": []},
+    {"id": "6", "text": "my dog drank my cold brew coffee",
+     "labels": ["pets.dogs", "food.coffee"]},
+]
+
+
+@pytest.fixture
+def dataset_path(tmp_path: Path) -> Path:
+    path = tmp_path / "gold" / "valid.jsonl"
+    path.parent.mkdir()
+    path.write_text("\n".join(json.dumps(row) for row in GOLD) + "\n")
+    return path
+
+
+def run(tmp_path: Path, index: LabelIndex, dataset_path: Path, **settings) -> dict:
+    config = EvalConfig(mode=settings.pop("mode", "retrieval"), cache_dir=tmp_path / "cache")
+    pipeline = build_pipeline(make_settings(tmp_path, **settings), index=index)
+    return run_eval(pipeline_settings(tmp_path, **settings), load_dataset(dataset_path), config,
+                    pipeline=pipeline)
+
+
+def pipeline_settings(tmp_path: Path, **settings):
+    return make_settings(tmp_path, **settings)
+
+
+def test_run_records_what_it_needs(tmp_path: Path, mini_index: LabelIndex,
+                                   dataset_path: Path) -> None:
+    record = run(tmp_path, mini_index, dataset_path, threshold=0.3)
+    assert record["dataset"]["n"] == 6 and len(record["predictions"]) == 6
+    assert record["index"]["embedder"] == "all-MiniLM-L6-v2" and record["index"]["catalog_hash"]
+    assert record["settings"]["threshold"] == 0.3 and "llm_api_key" not in record["settings"]
+    assert record["predictions"][0]["labels"] == ["pets.cats"]
+    assert record["metrics"]["candidate_recall@30"] == 1.0
+    assert 0 < record["metrics"]["f1_samples"] <= 1
+
+
+def test_run_files_round_trip_and_never_overwrite(tmp_path: Path, mini_index: LabelIndex,
+                                                  dataset_path: Path) -> None:
+    record = run(tmp_path, mini_index, dataset_path)
+    first, second = save_run(record, tmp_path / "runs"), save_run(record, tmp_path / "runs")
+    assert first != second and load_run(first) == record == load_run(second)
+
+
+def test_retrieval_cache_hits_and_misses(tmp_path: Path, mini_index: LabelIndex,
+                                         dataset_path: Path) -> None:
+    cold = run(tmp_path, mini_index, dataset_path)
+    warm = run(tmp_path, mini_index, dataset_path)
+    assert (cold["totals"]["cache_hits"], cold["totals"]["cache_misses"]) == (0, 6)
+    assert (warm["totals"]["cache_hits"], warm["totals"]["cache_misses"]) == (6, 0)
+    assert warm["predictions"] == cold["predictions"]
+    other = run(tmp_path, mini_index, dataset_path, rrf_k=60)  # retrieval settings changed
+    assert other["totals"]["cache_misses"] == 6
+    mini_index.add_examples("pets.cats", ["a cat on the keyboard"])  # index changed
+    assert run(tmp_path, mini_index, dataset_path)["totals"]["cache_misses"] == 6
+
+
+def test_llm_cache_makes_reruns_free(tmp_path: Path, mini_index: LabelIndex,
+                                     dataset_path: Path, fake_llm: FakeOpenAI) -> None:
+    fake_llm.default = Reply.labels("C01", usage=(100, 5))
+    llm = {"mode": "llm", "llm_base_url": fake_llm.base_url, "llm_api_key": "k",
+           "llm_max_attempts": 1}
+    first = run(tmp_path, mini_index, dataset_path, **llm)
+    assert fake_llm.request_count == 6 and first["totals"]["prompt_tokens"] == 600
+    again = run(tmp_path, mini_index, dataset_path, **llm)
+    assert fake_llm.request_count == 6  # nothing sent
+    assert [r["labels"] for r in again["predictions"]] == [r["labels"] for r in first["predictions"]]
+    assert again["totals"]["cached_llm"] == 6 and again["totals"]["llm_calls"] == 0
+    run(tmp_path, mini_index, dataset_path, llm_temperature=0.7, **llm)  # parameters changed
+    assert fake_llm.request_count == 12
+    assert first["prompt"]["task"] == "select_labels" and len(first["prompt"]["sha256"]) == 64
+
+
+def test_compare_lists_flipped_texts(tmp_path: Path, mini_index: LabelIndex,
+                                     dataset_path: Path) -> None:
+    strict = run(tmp_path, mini_index, dataset_path, threshold=0.9)
+    loose = run(tmp_path, mini_index, dataset_path, threshold=0.3)
+    changed = flips(strict, loose)
+    assert any(f.id == "2" and f.gained == ["pets.dogs"] for f in changed)
+    text = render_comparison(strict, loose, "strict", "loose")
+    assert "setting threshold: 0.9 -> 0.3" in text and "f1_samples" in text
+    assert "[2] 'the puppy chewed my shoes'" in text
+
+
+def test_report_png_is_written(tmp_path: Path, mini_index: LabelIndex,
+                               dataset_path: Path) -> None:
+    record = run(tmp_path, mini_index, dataset_path)
+    out = plot_runs([("a", record), ("b", record)], tmp_path / "report.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def planted_shortlists(seed: int = 7) -> tuple[list[list[Candidate]], list[list[str]]]:
+    """In-scope texts have their gold label on top at similarity >= 0.65; out-of-scope < 0.55."""
+    rng = random.Random(seed)
+    shortlists, gold = [], []
+    for i in range(200):
+        in_scope = i % 3 != 0
+        top = rng.uniform(0.65, 0.95) if in_scope else rng.uniform(0.2, 0.549)
+        cands = [Candidate("gold" if in_scope else "x0", 1.0, top)]
+        cands += [Candidate(f"x{j}", 0.5 / j, top - 0.05 * j) for j in range(1, 6)]
+        shortlists.append(cands)
+        gold.append(["gold"] if in_scope else [])
+    return shortlists, gold
+
+
+def test_calibration_recovers_a_planted_threshold() -> None:
+    shortlists, gold = planted_shortlists()
+    rule, value = best_threshold(Shortlists(shortlists, gold), "accuracy", [1, 2])
+    assert value == 1.0 and rule.max_labels == 1
+    assert 0.55 <= rule.min_similarity <= 0.65
+
+
+@pytest.mark.parametrize("metric", ["f1_samples", "jaccard", "accuracy", "f1_micro"])
+def test_fast_scorer_agrees_with_the_metrics_module(metric: str) -> None:
+    rng = random.Random(3)
+    shortlists, gold = [], []
+    for _ in range(150):
+        cands = sorted((Candidate(f"l{rng.randrange(12)}", rng.random(), rng.random())
+                        for _ in range(8)), key=lambda c: -c.score)
+        cands = list({c.label_id: c for c in reversed(cands)}.values())[::-1]
+        shortlists.append(sorted(cands, key=lambda c: -c.score))
+        gold.append(rng.sample([f"l{i}" for i in range(12)], rng.choice([0, 1, 1, 2])))
+    rule = Threshold(0.4, 0.5, 1 if metric == "accuracy" else 3)
+    predicted = [[c.label_id for c in choose(s, rule)] for s in shortlists]
+    expected = evaluate(gold, predicted, [[] for _ in gold])
+    if metric == "accuracy":
+        expected["accuracy"] = sum(set(p[:1]) == set(g) for g, p in zip(gold, predicted,
+                                                                          strict=True)) / 150
+    assert Shortlists(shortlists, gold).score(rule, metric) == pytest.approx(expected[metric])
+
+
+def test_calibrate_on_a_real_index_refuses_test_splits(tmp_path: Path, mini_index: LabelIndex,
+                                                       dataset_path: Path) -> None:
+    pipeline = build_pipeline(make_settings(tmp_path), index=mini_index)
+    best, table = calibrate(pipeline, load_dataset(dataset_path))
+    assert best.metric == "f1_samples" and len(table) == 13
+    assert best.value == max(c.value for c in table)
+    test_split = dataset_path.with_name("test.jsonl")
+    test_split.write_text(dataset_path.read_text())
+    with pytest.raises(DatasetError, match="test split"):
+        calibrate(pipeline, load_dataset(test_split))
+
+
+def test_halves_partition_the_dataset(dataset_path: Path) -> None:
+    a, b = load_dataset(dataset_path, half="a"), load_dataset(dataset_path, half="b")
+    ids = sorted(e.id for e in a.examples + b.examples)
+    assert ids == sorted(row["id"] for row in GOLD) and a.sha256 != b.sha256
