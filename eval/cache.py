@@ -12,7 +12,7 @@ from pathlib import Path
 
 from prompts.render import Option
 from prompts.selector import LLMSelector, Selection, Usage
-from retrieval.fusion import Aggregation, Candidate
+from retrieval.fusion import Candidate
 from retrieval.index import LabelIndex
 from retrieval.retriever import Retriever
 
@@ -64,12 +64,16 @@ class CachedRetriever:
         return self.inner.index
 
     @property
-    def aggregation(self) -> Aggregation:
-        return self.inner.aggregation
+    def neighbours(self) -> int:
+        return self.inner.neighbours
+
+    def describe(self) -> str:
+        """The wrapped retriever's method."""
+        return self.inner.describe()
 
     def candidates(self, texts: Sequence[str], top_k: int) -> list[list[Candidate]]:
         """Cached shortlists; only the misses go through the embedder and Chroma."""
-        scope = (self.index.fingerprint(), self.inner.aggregation.describe(),
+        scope = (self.index.fingerprint(), self.inner.describe(),
                  self.inner.neighbours, top_k)
         keys = [_key("retrieval", scope, text) for text in texts]
         found = self.store.get_many(keys)

@@ -119,7 +119,7 @@ def _record(settings: Settings, dataset: Dataset, config: EvalConfig, pipeline: 
                     "n": len(dataset.examples), "single_label": is_single_label(gold)},
         "index": pipeline.index.fingerprint(),
         "settings": json.loads(settings.model_dump_json(exclude={"llm_api_key"})),
-        "retrieval": {"aggregation": pipeline.retriever.aggregation.describe(),  # type: ignore[attr-defined]
+        "retrieval": {"aggregation": pipeline.retriever.describe(),  # type: ignore[attr-defined]
                       "top_k": top_k, "threshold": pipeline.threshold.__dict__},
         "prompt": {"task": template.task, "version": template.version,
                    "sha256": template.sha256} if template else None,

@@ -11,6 +11,7 @@ from retrieval.embedder import Embedder, SentenceTransformerEmbedder
 from retrieval.fusion import Aggregation
 from retrieval.index import LabelIndex, chroma_client
 from retrieval.retriever import Retriever
+from retrieval.segments import SubqueryConfig
 from service.pipeline import Pipeline
 from service.settings import Settings
 
@@ -72,7 +73,10 @@ def build_pipeline(settings: Settings, index: LabelIndex | None = None) -> Pipel
     aggregation = Aggregation(settings.aggregation, settings.rrf_k,
                               settings.max_hits_per_label or None)
     threshold = Threshold(settings.threshold, settings.relative_threshold, settings.max_labels)
-    return Pipeline(Retriever(index, aggregation, settings.neighbours), threshold,
+    subqueries = SubqueryConfig(settings.subqueries, settings.subquery_max_words,
+                                settings.subquery_weight, settings.subquery_neighbours
+                                ) if settings.subqueries else None
+    return Pipeline(Retriever(index, aggregation, settings.neighbours, subqueries), threshold,
                     top_k=settings.top_k, selector=build_selector(settings),
                     max_text_chars=settings.max_text_chars,
                     llm_concurrency=settings.llm_concurrency)

@@ -91,7 +91,8 @@ def test_llm_cache_makes_reruns_free(tmp_path: Path, mini_index: LabelIndex,
     assert fake_llm.request_count == 6 and first["totals"]["prompt_tokens"] == 600
     again = run(tmp_path, mini_index, dataset_path, **llm)
     assert fake_llm.request_count == 6  # nothing sent
-    assert [r["labels"] for r in again["predictions"]] == [r["labels"] for r in first["predictions"]]
+    labels = [r["labels"] for r in first["predictions"]]
+    assert [r["labels"] for r in again["predictions"]] == labels
     assert again["totals"]["cached_llm"] == 6 and again["totals"]["llm_calls"] == 0
     run(tmp_path, mini_index, dataset_path, llm_temperature=0.7, **llm)  # parameters changed
     assert fake_llm.request_count == 12
