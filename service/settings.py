@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     relative_threshold: float = Field(0.5, ge=0, le=1)
     max_labels: int = Field(5, ge=1, le=100)
     max_text_chars: int = Field(20_000, ge=1)
+    subqueries: int = Field(0, ge=0, le=5)
+    subquery_weight: float = Field(0.5, ge=0, le=1)
+    subquery_max_words: int = Field(40, ge=1)
+    subquery_neighbours: int = Field(20, ge=1, le=500)
 
     # LLM (any OpenAI-compatible endpoint)
     llm_base_url: str | None = Field(
@@ -47,14 +51,32 @@ class Settings(BaseSettings):
     llm_concurrency: int = Field(8, ge=1)
     llm_temperature: float = 0.0
     llm_max_answer_tokens: int | None = None
+    llm_prices: dict[str, tuple[float, float]] = Field(default_factory=lambda: {
+        "gpt-4o-mini": (0.15, 0.60), "gpt-4o": (2.50, 10.00), "gpt-4.1": (2.00, 8.00),
+        "gpt-4.1-mini": (0.40, 1.60), "gpt-4.1-nano": (0.10, 0.40)})
     prompt: str = "select_labels@v1"
     max_text_tokens: int = Field(1500, ge=16)
     max_prompt_tokens: int = Field(6000, ge=256)
+
+    # HTTP API
+    api_key: SecretStr | None = None
+    api_write_key: SecretStr | None = None
+    max_body_bytes: int = Field(1_000_000, ge=1024)
+    max_batch_items: int = Field(256, ge=1)
+    microbatch_size: int = Field(32, ge=1)
+    microbatch_wait_ms: float = Field(2.0, ge=0)
+    index_refresh_s: float = Field(1.0, ge=0)
+    feedback_log: Path | None = None
 
     @field_validator("llm_base_url", "chroma_host", mode="after")
     @classmethod
     def _blank_is_none(cls, value: str | None) -> str | None:
         return value or None
+
+    @field_validator("api_key", "api_write_key", mode="after")
+    @classmethod
+    def _blank_key_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value and value.get_secret_value() else None
 
     @property
     def llm_configured(self) -> bool:
