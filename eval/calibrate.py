@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
@@ -113,22 +113,32 @@ def calibrate(pipeline: Pipeline, dataset: Dataset, metric: str = "auto",
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
     top_k = top_k or pipeline.top_k
-    index = pipeline.index
-    vectors = index.embedder.embed([ex.text for ex in dataset.examples])
-    hits = index.search(vectors, max(pipeline.retriever.neighbours, top_k))  # type: ignore[attr-defined]
-    assignable = {lid for lid, lab in index.labels.items() if lab.assignable}
     widest = max((len(g) for g in gold), default=1)
     max_labels_grid = sorted({1, 2, 3, 5, min(widest, 10)} if widest > 1 else {1})
     select_by = "f1_samples" if metric == "candidate_recall" else metric
     results = []
-    for how in AGGREGATIONS:
-        shortlists = [aggregate(h, how, top_k, assignable) for h in hits]
+    for how, shortlists in _shortlists(pipeline, dataset, top_k):
         rule, value = best_threshold(Shortlists(shortlists, gold), select_by, max_labels_grid)
         recall = candidate_recall(shortlists, gold)
         results.append(Calibration(how, rule, metric,
                                    recall if metric == "candidate_recall" else value, recall))
     best = max(results, key=lambda c: (c.value, c.candidate_recall))
     return best, results
+
+
+def _shortlists(pipeline: Pipeline, dataset: Dataset,
+                top_k: int) -> Iterator[tuple[Aggregation, list[list[Candidate]]]]:
+    """Shortlists per aggregation from one search; sub-query retrieval has only its own."""
+    texts = [ex.text for ex in dataset.examples]
+    retriever = pipeline.retriever
+    if getattr(retriever, "subqueries", None):
+        yield retriever.aggregation, retriever.candidates(texts, top_k)  # type: ignore[attr-defined]
+        return
+    index = pipeline.index
+    hits = index.search(index.embedder.embed(texts), max(retriever.neighbours, top_k))  # type: ignore[attr-defined]
+    assignable = {lid for lid, lab in index.labels.items() if lab.assignable}
+    for how in AGGREGATIONS:
+        yield how, [aggregate(h, how, top_k, assignable) for h in hits]
 
 
 def calibration_record(best: Calibration, dataset: Dataset) -> dict:
