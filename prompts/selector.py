@@ -23,7 +23,9 @@ from prompts.render import Option, RenderedPrompt, render
 from prompts.template import PromptTemplate
 from retrieval.errors import LabelrankError
 
-ResponseFormat = Literal["json_schema", "json_object", "none"]
+ResponseFormat = Literal["auto", "json_schema", "json_object", "none"]
+# `auto` starts at the strictest dialect and steps down when a server rejects one.
+DIALECTS: tuple[ResponseFormat, ...] = ("json_schema", "json_object", "none")
 
 
 class LLMError(LabelrankError):
@@ -68,7 +70,7 @@ class LLMConfig:
     """Endpoint, model and policy for the selector."""
 
     model: str
-    response_format: ResponseFormat = "json_schema"
+    response_format: ResponseFormat = "auto"
     temperature: float = 0.0
     max_answer_tokens: int | None = None
     max_attempts: int = 4
@@ -83,7 +85,16 @@ def is_transient(exc: BaseException) -> bool:
     """Rate limits, timeouts, dropped connections and 5xx are worth another try."""
     if isinstance(exc, openai.RateLimitError | openai.APITimeoutError | openai.APIConnectionError):
         return True
-    return isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
+    return (isinstance(exc, openai.APIStatusError) and exc.status_code >= 500
+            and not rejects_format(exc))
+
+
+def rejects_format(exc: BaseException) -> bool:
+    """A server saying it does not support the response_format we sent (llama.cpp: HTTP 500)."""
+    if not isinstance(exc, openai.APIStatusError) or exc.status_code in (408, 409, 429):
+        return False
+    message = str(exc).lower()
+    return any(word in message for word in ("response_format", "json_schema", "schema"))
 
 
 def retry_after_s(exc: BaseException | None) -> float | None:
@@ -115,6 +126,8 @@ class LLMSelector:
         self.template = template
         self.config = config
         self._backoff = wait_exponential_jitter(multiplier=0.5, max=config.max_wait_s)
+        self.dialect: ResponseFormat = (DIALECTS[0] if config.response_format == "auto"
+                                        else config.response_format)
 
     def prompt(self, text: str, options: Sequence[Option], max_labels: int) -> RenderedPrompt:
         """The exact prompt `select` would send."""
@@ -132,10 +145,10 @@ class LLMSelector:
             "temperature": cfg.temperature,
         }
         schema = answer_schema(max(cfg.schema_slots, len(rendered.slots)))
-        if cfg.response_format == "json_schema":
+        if self.dialect == "json_schema":
             body["response_format"] = {"type": "json_schema", "json_schema": {
                 "name": "label_choice", "strict": True, "schema": schema}}
-        elif cfg.response_format == "json_object":
+        elif self.dialect == "json_object":
             # llama.cpp and several other servers take the schema inside json_object.
             body["response_format"] = {"type": "json_object", "schema": schema}
         if cfg.max_answer_tokens:
@@ -147,6 +160,22 @@ class LLMSelector:
         rendered = self.prompt(text, options, max_labels)
         if not rendered.slots:
             return Selection([], Usage(), 0, 0.0)
+        while True:
+            try:
+                return self._select(rendered, max_labels)
+            except LLMError as exc:
+                if not (exc.reason == "format_rejected" and self._step_down()):
+                    raise
+
+    def _step_down(self) -> bool:
+        """Under `auto`, move to the next weaker dialect; False when there is none."""
+        position = DIALECTS.index(self.dialect)
+        if self.config.response_format != "auto" or position + 1 >= len(DIALECTS):
+            return False
+        self.dialect = DIALECTS[position + 1]
+        return True
+
+    def _select(self, rendered: RenderedPrompt, max_labels: int) -> Selection:
         body = self.request(rendered)
         started = time.perf_counter()
         retrying = Retrying(
@@ -205,6 +234,8 @@ def _reason(exc: openai.APIError) -> str:
         return "timeout"
     if isinstance(exc, openai.APIConnectionError):
         return "connection_error"
+    if rejects_format(exc):
+        return "format_rejected"
     if isinstance(exc, openai.APIStatusError):
         return "server_error" if exc.status_code >= 500 else f"http_{exc.status_code}"
     return "llm_error"

@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     llm_api_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("LABELRANK_LLM_API_KEY", "OPENAI_API_KEY"))
     llm_model: str = "gpt-4o-mini"
-    llm_response_format: Literal["json_schema", "json_object", "none"] = "json_schema"
+    llm_response_format: Literal["auto", "json_schema", "json_object", "none"] = "auto"
     llm_timeout_s: float = Field(30.0, gt=0)
     llm_max_attempts: int = Field(4, ge=1)
     llm_max_wait_s: float = Field(20.0, ge=0)

@@ -112,7 +112,7 @@ def test_prose_answer_is_invalid_but_plain_slot_list_is_read(llm_pipeline: Pipel
 
 
 def test_client_error_is_not_retried(llm_pipeline: Pipeline, fake_llm: FakeOpenAI) -> None:
-    fake_llm.default = Reply.error(400, message="bad response_format")
+    fake_llm.default = Reply.error(400, message="model not found")
     result = llm_pipeline.classify(TEXT, LLM)
     assert fake_llm.request_count == 1 and result.reason == "llm_failed: http_400"
 
@@ -127,15 +127,45 @@ def test_timeout_is_retried_then_degrades(llm_pipeline: Pipeline, fake_llm: Fake
 
 def test_batch_calls_run_concurrently_and_keep_order(llm_pipeline: Pipeline,
                                                      fake_llm: FakeOpenAI) -> None:
+    arrivals: list[float] = []
+
     def answer(req: dict) -> Reply:
+        arrivals.append(time.monotonic())
         text = json.loads(req["messages"][-1]["content"].split("a JSON string):\n")[1]
                           .split("\n")[0])
         name = "Cats" if "cat" in text else "Taxes"
-        return Reply(content=json.dumps({"labels": [slot_of(req, name)]}), delay_s=0.3)
+        return Reply(content=json.dumps({"labels": [slot_of(req, name)]}), delay_s=1.0)
 
     fake_llm.default = answer
     texts = ["my cat is sick", "tax deadline question", "cat litter", "taxes on savings"] * 2
-    started = time.perf_counter()
     outcomes = llm_pipeline.classify_batch(texts, LLM)
-    assert time.perf_counter() - started < 0.3 * len(texts) / 2
     assert [o.labels[0].id for o in outcomes] == ["pets.cats", "money.taxes"] * 4
+    # Sequential calls could not arrive while the first one's 1 s answer was still pending.
+    assert sum(t < min(arrivals) + 1.0 for t in arrivals) >= 2
+
+
+def test_auto_format_steps_down_when_the_server_rejects_json_schema(
+        llm_pipeline: Pipeline, fake_llm: FakeOpenAI) -> None:
+    # llama.cpp answers OpenAI's json_schema with an HTTP 500 validation error.
+    fake_llm.enqueue(Reply.error(500, message="Unrecognized response_format type json_schema"))
+    fake_llm.default = lambda req: Reply.labels(slot_of(req, "Cats"))
+    result = llm_pipeline.classify(TEXT, LLM)
+    assert [lab.id for lab in result.labels] == ["pets.cats"] and not result.degraded
+    types = [r["response_format"]["type"] for r in fake_llm.requests]
+    assert types == ["json_schema", "json_object"]  # not retried as a transient 500
+    enum = fake_llm.requests[1]["response_format"]["schema"]["properties"]["labels"]["items"]
+    assert "C01" in enum["enum"]  # the slot constraint travels with json_object
+    llm_pipeline.classify(TEXT, LLM)
+    assert fake_llm.requests[2]["response_format"]["type"] == "json_object"  # remembered
+
+
+def test_explicit_format_does_not_step_down(llm_pipeline: Pipeline,
+                                            fake_llm: FakeOpenAI) -> None:
+    selector = llm_pipeline.selector
+    selector.config = selector.config.__class__(**{**selector.config.__dict__,
+                                                   "response_format": "json_schema"})
+    selector.dialect = "json_schema"
+    fake_llm.default = Reply.error(500, message="json_schema not supported")
+    result = llm_pipeline.classify(TEXT, LLM)
+    assert fake_llm.request_count == 1
+    assert result.degraded and result.reason == "llm_failed: format_rejected"
