@@ -28,6 +28,10 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 NAIVE = {"aggregation": "max", "max_hits_per_label": 0, "threshold": 0.4,
          "relative_threshold": 0.5, "max_labels": 5}
 SUBQ = {"subqueries": 3}
+ESCO_VARIANTS = {"calibrated+subqueries": SUBQ,
+                 "calibrated+lexical(0.2)": {"aggregation": "max", "lexical_weight": 0.2},
+                 "calibrated+subqueries+lexical(0.1)": {**SUBQ, "lexical_weight": 0.1},
+                 "calibrated+subqueries+lexical(0.2)": {**SUBQ, "lexical_weight": 0.2}}
 
 
 @dataclass
@@ -50,9 +54,8 @@ SPECS = {
     "nlupp": Spec("nlupp", "valid", ["train"]),
     "codiesp": Spec("codiesp", "valid", ["train"], variants={"calibrated+subqueries": SUBQ},
                     top_k=50),
-    "esco-tech": Spec("esco", "tech_valid", variants={"calibrated+subqueries": SUBQ}, top_k=50),
-    "esco-house": Spec("esco", "house_valid", variants={"calibrated+subqueries": SUBQ},
-                       top_k=50),
+    "esco-tech": Spec("esco", "tech_valid", variants=ESCO_VARIANTS, top_k=50),
+    "esco-house": Spec("esco", "house_valid", variants=ESCO_VARIANTS, top_k=50),
 }
 COLUMNS = ("candidate_recall@K", "R@5", "RP@5", "RP@10", "accuracy", "in_scope_accuracy",
            "none_recall", "f1_samples", "f1_micro")
@@ -110,7 +113,8 @@ def evaluate_dataset(name: str, spec: Spec, root: Path, base: Settings) -> dict:
         if variant.startswith("calibrated"):
             best, _ = calibrate(build_pipeline(current), dev)
             calibration = best.settings()
-            if overrides:  # sub-query retrieval keeps its own scoring; take only the threshold
+            if "subqueries" in overrides or "aggregation" in overrides:
+                # these variants fix their own scoring; calibration picks only the threshold
                 calibration = {k: calibration[k] for k in ("threshold", "relative_threshold",
                                                            "max_labels")}
             current = current.model_copy(update=calibration)

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from retrieval.fusion import Aggregation, Candidate, aggregate
 from retrieval.index import LabelIndex
+from retrieval.lexical import Lexicon, boost
 from retrieval.segments import SubqueryConfig, fuse_parts, segments
 
 
@@ -13,19 +14,22 @@ class Retriever:
     """Shortlists assignable labels for a batch of texts."""
 
     def __init__(self, index: LabelIndex, aggregation: Aggregation, neighbours: int = 100,
-                 subqueries: SubqueryConfig | None = None) -> None:
+                 subqueries: SubqueryConfig | None = None, lexical_weight: float = 0.0) -> None:
         self.index = index
         self.aggregation = aggregation
         self.neighbours = neighbours
         self.subqueries = subqueries
+        self.lexical_weight = lexical_weight
+        self._lexicon: Lexicon | None = None
 
     def describe(self) -> str:
         """The retrieval method in a few words, for run files and caches."""
+        method = self.aggregation.describe()
         if self.subqueries:
             sub = self.subqueries
-            return (f"subqueries(n<={sub.max_ngram},w={sub.weight:g},"
-                    f"words<={sub.max_words},nn={sub.neighbours})")
-        return self.aggregation.describe()
+            method = (f"subqueries(n<={sub.max_ngram},w={sub.weight:g},"
+                      f"words<={sub.max_words},nn={sub.neighbours})")
+        return f"{method}+lexical({self.lexical_weight:g})" if self.lexical_weight else method
 
     def candidates(self, texts: Sequence[str], top_k: int) -> list[list[Candidate]]:
         """The `top_k` candidates of each text, best first."""
@@ -34,8 +38,20 @@ class Retriever:
         hits = self.index.search(self.index.embedder.embed(texts), max(self.neighbours, top_k))
         assignable = {lid for lid, lab in self.index.labels.items() if lab.assignable}
         if self.subqueries is None:
-            return [aggregate(h, self.aggregation, top_k, assignable) for h in hits]
-        return self._with_parts(texts, hits, top_k, assignable)
+            shortlists = [aggregate(h, self.aggregation, top_k, assignable) for h in hits]
+        else:
+            shortlists = self._with_parts(texts, hits, top_k, assignable)
+        if self.lexical_weight:
+            lexicon = self._current_lexicon()
+            shortlists = [boost(s, lexicon.matches(t), self.lexical_weight, top_k)
+                          for s, t in zip(shortlists, texts, strict=True)]
+        return shortlists
+
+    def _current_lexicon(self) -> Lexicon:
+        # The index swaps in a new labels dict on every change, so identity tells staleness.
+        if self._lexicon is None or self._lexicon.source is not self.index.labels:
+            self._lexicon = Lexicon(self.index.labels)
+        return self._lexicon
 
     def _with_parts(self, texts: Sequence[str], hits: list, top_k: int,
                     assignable: set[str]) -> list[list[Candidate]]:

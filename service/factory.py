@@ -76,7 +76,9 @@ def build_pipeline(settings: Settings, index: LabelIndex | None = None) -> Pipel
     subqueries = SubqueryConfig(settings.subqueries, settings.subquery_max_words,
                                 settings.subquery_weight, settings.subquery_neighbours
                                 ) if settings.subqueries else None
-    return Pipeline(Retriever(index, aggregation, settings.neighbours, subqueries), threshold,
+    retriever = Retriever(index, aggregation, settings.neighbours, subqueries,
+                          settings.lexical_weight)
+    return Pipeline(retriever, threshold,
                     top_k=settings.top_k, selector=build_selector(settings),
                     max_text_chars=settings.max_text_chars,
                     llm_concurrency=settings.llm_concurrency)

@@ -1,0 +1,57 @@
+"""Lexical channel: labels whose name or alias appears verbatim in the text."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+from retrieval.catalog import Label
+from retrieval.fusion import Candidate
+
+_TOKEN = re.compile(r"[\w+#]+(?:[.\-/][\w+#]+)*", re.UNICODE)
+MAX_PHRASE_WORDS = 6
+
+
+def tokens(text: str) -> list[str]:
+    """Lower-cased word tokens; keeps `c++`, `c#`, `node.js`, `ci/cd` whole."""
+    return [t.casefold() for t in _TOKEN.findall(text)]
+
+
+class Lexicon:
+    """Exact phrase -> label ids, over assignable labels' names and aliases."""
+
+    def __init__(self, labels: Mapping[str, Label]) -> None:
+        self.source = labels
+        self.phrases: dict[tuple[str, ...], set[str]] = {}
+        for label in labels.values():
+            if not label.assignable:
+                continue
+            for phrase in (label.name, *label.aliases):
+                words = tuple(tokens(phrase))
+                if 0 < len(words) <= MAX_PHRASE_WORDS:
+                    self.phrases.setdefault(words, set()).add(label.id)
+
+    def matches(self, text: str) -> set[str]:
+        """Ids of labels named verbatim in `text`."""
+        words = tokens(text)
+        found: set[str] = set()
+        for n in range(1, MAX_PHRASE_WORDS + 1):
+            for start in range(len(words) - n + 1):
+                found |= self.phrases.get(tuple(words[start:start + n]), set())
+        return found
+
+
+def boost(candidates: Sequence[Candidate], matched: set[str], weight: float,
+          top_k: int) -> list[Candidate]:
+    """Raise matched labels by `weight` (similarity units), adding missing ones at the floor."""
+    if not matched or weight <= 0:
+        return list(candidates)
+    floor = candidates[-1].similarity if candidates else 0.0
+    present = {c.label_id for c in candidates}
+    boosted = [replace(c, score=c.score + weight, similarity=c.similarity + weight)
+               if c.label_id in matched else c for c in candidates]
+    boosted += [Candidate(label_id, floor + weight, floor + weight)
+                for label_id in sorted(matched - present)]
+    boosted.sort(key=lambda c: (-c.score, c.label_id))
+    return boosted[:top_k]
