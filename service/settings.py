@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     subquery_weight: float = Field(0.5, ge=0, le=1)
     subquery_max_words: int = Field(40, ge=1)
     subquery_neighbours: int = Field(20, ge=1, le=500)
+    lexical_weight: float = Field(0.0, ge=0, le=1)
 
     # LLM (any OpenAI-compatible endpoint)
     llm_base_url: str | None = Field(
