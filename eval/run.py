@@ -17,6 +17,7 @@ from eval.metrics import evaluate, is_single_label
 from prompts.selector import LLMSelector
 from service.factory import build_pipeline, effective_settings
 from service.pipeline import ClassifyOptions, Mode, Pipeline
+from service.pricing import token_cost
 from service.results import ClassifyResult
 from service.settings import Settings
 
@@ -124,7 +125,10 @@ def _record(settings: Settings, dataset: Dataset, config: EvalConfig, pipeline: 
         "prompt": {"task": template.task, "version": template.version,
                    "sha256": template.sha256} if template else None,
         "metrics": metrics,
-        "totals": {**usage, "degraded": degraded, "errors": errors, "wall_s": round(wall_s, 2),
+        "totals": {**usage, "cost_usd": token_cost(usage["prompt_tokens"],
+                                                   usage["completion_tokens"],
+                                                   settings.llm_model, settings.llm_prices),
+                   "degraded": degraded, "errors": errors, "wall_s": round(wall_s, 2),
                    "texts_per_s": round(len(rows) / wall_s, 1) if wall_s else None,
                    "latency_ms_p50": round(statistics.median(latencies), 2) if latencies else None,
                    "cache_hits": store.hits if store else 0,

@@ -86,9 +86,10 @@ def test_llm_cache_makes_reruns_free(tmp_path: Path, mini_index: LabelIndex,
                                      dataset_path: Path, fake_llm: FakeOpenAI) -> None:
     fake_llm.default = Reply.labels("C01", usage=(100, 5))
     llm = {"mode": "llm", "llm_base_url": fake_llm.base_url, "llm_api_key": "k",
-           "llm_max_attempts": 1}
+           "llm_max_attempts": 1, "llm_model": "fake-model"}
     first = run(tmp_path, mini_index, dataset_path, **llm)
     assert fake_llm.request_count == 6 and first["totals"]["prompt_tokens"] == 600
+    assert first["totals"]["cost_usd"] is None  # "fake-model" has no price
     again = run(tmp_path, mini_index, dataset_path, **llm)
     assert fake_llm.request_count == 6  # nothing sent
     labels = [r["labels"] for r in first["predictions"]]
@@ -96,6 +97,9 @@ def test_llm_cache_makes_reruns_free(tmp_path: Path, mini_index: LabelIndex,
     assert again["totals"]["cached_llm"] == 6 and again["totals"]["llm_calls"] == 0
     run(tmp_path, mini_index, dataset_path, llm_temperature=0.7, **llm)  # parameters changed
     assert fake_llm.request_count == 12
+    priced = run(tmp_path, mini_index, dataset_path, **{**llm, "llm_model": "gpt-4o-mini"})
+    assert fake_llm.request_count == 18  # another model is another cache key
+    assert priced["totals"]["cost_usd"] == pytest.approx((600 * 0.15 + 30 * 0.60) / 1e6)
     assert first["prompt"]["task"] == "select_labels" and len(first["prompt"]["sha256"]) == 64
 
 
