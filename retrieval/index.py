@@ -34,6 +34,7 @@ class Hit:
     text: str
     similarity: float
     rank: int
+    vector: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -146,21 +147,24 @@ class LabelIndex:
         return {"embedder": meta.get("embedder"), "dim": meta.get("dim"),
                 "catalog_hash": meta.get("catalog_hash"), "labels": len(self._labels)}
 
-    def search(self, vectors: np.ndarray, n: int) -> list[list[Hit]]:
-        """The `n` nearest label vectors of each query vector, best first."""
+    def search(self, vectors: np.ndarray, n: int, with_vectors: bool = False) -> list[list[Hit]]:
+        """The `n` nearest label vectors of each query vector, best first (with their
+        embeddings when asked)."""
         total = self._vectors.count()
         if total == 0:
             raise EmptyIndexError("the index is empty: run `labelrank index CATALOG` first")
         n = min(n, total)
+        include = ["metadatas", "documents", "distances"] + (["embeddings"] if with_vectors else [])
         results = []
         for start in range(0, len(vectors), _QUERY_BATCH):
             found = self._vectors.query(query_embeddings=vectors[start:start + _QUERY_BATCH],
-                                        n_results=n,
-                                        include=["metadatas", "documents", "distances"])
-            for metas, docs, dists in zip(found["metadatas"], found["documents"],
-                                          found["distances"], strict=True):
+                                        n_results=n, include=include)
+            embeddings = found["embeddings"] if with_vectors else [None] * len(found["ids"])
+            for metas, docs, dists, embs in zip(found["metadatas"], found["documents"],
+                                                found["distances"], embeddings, strict=True):
                 results.append([
-                    Hit(meta["label_id"], meta["kind"], doc, 1.0 - float(dist), rank)
+                    Hit(meta["label_id"], meta["kind"], doc, 1.0 - float(dist), rank,
+                        None if embs is None else np.asarray(embs[rank - 1], dtype=np.float32))
                     for rank, (meta, doc, dist) in enumerate(zip(metas, docs, dists,
                                                                  strict=True), 1)
                 ])

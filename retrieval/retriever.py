@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from retrieval.fusion import Aggregation, Candidate, aggregate
 from retrieval.index import LabelIndex
 from retrieval.lexical import Lexicon, boost
@@ -35,12 +37,14 @@ class Retriever:
         """The `top_k` candidates of each text, best first."""
         if not texts:
             return []
-        hits = self.index.search(self.index.embedder.embed(texts), max(self.neighbours, top_k))
+        vectors = self.index.embedder.embed(texts)
+        hits = self.index.search(vectors, max(self.neighbours, top_k),
+                                 with_vectors=self.subqueries is not None)
         assignable = {lid for lid, lab in self.index.labels.items() if lab.assignable}
         if self.subqueries is None:
             shortlists = [aggregate(h, self.aggregation, top_k, assignable) for h in hits]
         else:
-            shortlists = self._with_parts(texts, hits, top_k, assignable)
+            shortlists = self._with_parts(texts, vectors, hits, top_k, assignable)
         if self.lexical_weight:
             lexicon = self._current_lexicon()
             shortlists = [boost(s, lexicon.matches(t), self.lexical_weight, top_k)
@@ -53,17 +57,19 @@ class Retriever:
             self._lexicon = Lexicon(self.index.labels)
         return self._lexicon
 
-    def _with_parts(self, texts: Sequence[str], hits: list, top_k: int,
+    def _with_parts(self, texts: Sequence[str], vectors: np.ndarray, hits: list, top_k: int,
                     assignable: set[str]) -> list[list[Candidate]]:
         config = self.subqueries
         assert config is not None
         parts = [segments(text, config) for text in texts]
         flat = [part for text_parts in parts for part in text_parts]
-        part_hits = (self.index.search(self.index.embedder.embed(flat), config.neighbours)
+        part_vectors = self.index.embedder.embed(flat)
+        part_hits = (self.index.search(part_vectors, config.neighbours, with_vectors=True)
                      if flat else [])
         results, start = [], 0
-        for whole, text_parts in zip(hits, parts, strict=True):
-            own = part_hits[start:start + len(text_parts)]
-            start += len(text_parts)
-            results.append(fuse_parts(whole, own, config.weight, top_k, assignable))
+        for position, (whole, text_parts) in enumerate(zip(hits, parts, strict=True)):
+            end = start + len(text_parts)
+            results.append(fuse_parts(whole, part_hits[start:end], vectors[position],
+                                      part_vectors[start:end], config.weight, top_k, assignable))
+            start = end
         return results

@@ -6,6 +6,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from retrieval.fusion import Candidate
 from retrieval.index import Hit
 
@@ -86,37 +88,30 @@ def segments(text: str, config: SubqueryConfig) -> list[str]:
     return [p for p in dict.fromkeys(parts) if p and p != whole]
 
 
-def fuse_parts(
-    whole: Sequence[Hit],
-    parts: Sequence[Sequence[Hit]],
-    weight: float,
-    top_k: int,
-    allowed: set[str],
-) -> list[Candidate]:
-    """Score labels by weight x best similarity to the whole text + the rest x best to any part.
-
-    A label missing from a list gets that list's lowest similarity, a generous stand-in for
-    a similarity we did not fetch.
-    """
-    best_whole: dict[str, float] = {}
+def fuse_parts(whole: Sequence[Hit], parts: Sequence[Sequence[Hit]], query: np.ndarray,
+               part_queries: np.ndarray, weight: float, top_k: int,
+               allowed: set[str]) -> list[Candidate]:
+    """Score each vector found by the text or any part exactly, as weight x similarity to the
+    whole text + (1 - weight) x best similarity to a part; a label takes its best vector."""
+    pool: dict[tuple[str, str], Hit] = {}
+    for hit in [*whole, *(h for part in parts for h in part)]:
+        if hit.label_id in allowed and hit.vector is not None:
+            pool.setdefault((hit.label_id, hit.text), hit)
+    if not pool:
+        return []
+    hits = list(pool.values())
+    matrix = np.stack([h.vector for h in hits])  # type: ignore[misc]
+    to_whole = matrix @ query
+    to_parts = (matrix @ part_queries.T).max(axis=1) if len(part_queries) else to_whole
+    scores = weight * to_whole + (1 - weight) * to_parts
+    best: dict[str, float] = {}
     evidence: dict[str, list[str]] = {}
+    for hit, score in zip(hits, scores.tolist(), strict=True):
+        if score > best.get(hit.label_id, -2.0):
+            best[hit.label_id] = score
     for hit in whole:
-        if hit.label_id in allowed:
-            best_whole.setdefault(hit.label_id, hit.similarity)
-            if hit.kind == "example":
-                evidence.setdefault(hit.label_id, []).append(hit.text)
-    best_part: dict[str, float] = {}
-    for part in parts:
-        for hit in part:
-            if hit.label_id in allowed and hit.similarity > best_part.get(hit.label_id, -2.0):
-                best_part[hit.label_id] = hit.similarity
-    floor_whole = whole[-1].similarity if whole else 0.0
-    floor_part = min((p[-1].similarity for p in parts if p), default=floor_whole)
-    scored = []
-    for label_id in best_whole.keys() | best_part.keys():
-        score = weight * best_whole.get(label_id, floor_whole) + (1 - weight) * best_part.get(
-            label_id, floor_part
-        )
-        scored.append(Candidate(label_id, score, score, tuple(evidence.get(label_id, ())[:2])))
-    scored.sort(key=lambda c: (-c.score, c.label_id))
-    return scored[:top_k]
+        if hit.kind == "example" and hit.label_id in best:
+            evidence.setdefault(hit.label_id, []).append(hit.text)
+    ranked = sorted(best.items(), key=lambda item: (-item[1], item[0]))[:top_k]
+    return [Candidate(label_id, score, score, tuple(evidence.get(label_id, ())[:2]))
+            for label_id, score in ranked]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from retrieval.index import LabelIndex
 from retrieval.segments import SubqueryConfig, segments
 from service.factory import build_pipeline
@@ -31,3 +33,26 @@ def test_subqueries_find_every_label_a_terse_text_names(tmp_path: Path,
     result = build_pipeline(settings, index=mini_index).classify(
         text, ClassifyOptions(mode="retrieval"))
     assert {c.id for c in result.candidates} == {"food.baking", "food.coffee", "money.taxes"}
+
+
+def test_each_vector_is_scored_exactly_and_a_label_takes_its_best() -> None:
+    import numpy as np
+
+    from retrieval.index import Hit
+    from retrieval.segments import fuse_parts
+
+    def unit(*xs: float) -> np.ndarray:
+        v = np.array(xs, dtype=np.float32)
+        return v / np.linalg.norm(v)
+
+    query, part = unit(1, 0, 0), unit(0, 1, 0)
+    # "a" has one vector close to the text and another close to the part; "b" one vector
+    # halfway. Scoring per label (best whole + best part) would rank "a" first; per vector, "b".
+    a1, a2, b1 = unit(1, 0.05, 0), unit(0.05, 1, 0), unit(1, 1, 0)
+    whole = [Hit("a", "name", "a1", float(a1 @ query), 1, a1),
+             Hit("b", "name", "b1", float(b1 @ query), 2, b1)]
+    parts = [[Hit("a", "alias", "a2", float(a2 @ part), 1, a2)]]
+    out = fuse_parts(whole, parts, query, np.stack([part]), 0.5, 5, {"a", "b"})
+    assert [c.label_id for c in out] == ["b", "a"]
+    expected_b = 0.5 * float(b1 @ query) + 0.5 * float(b1 @ part)
+    assert out[0].score == pytest.approx(expected_b, abs=1e-6)
