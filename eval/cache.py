@@ -8,8 +8,10 @@ import sqlite3
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict
+from functools import lru_cache
 from pathlib import Path
 
+import retrieval
 from prompts.render import Option
 from prompts.selector import LLMSelector, Selection, Usage
 from retrieval.fusion import Candidate
@@ -48,6 +50,15 @@ class Store:
             self._db.commit()
 
 
+@lru_cache(maxsize=1)
+def retrieval_code_hash() -> str:
+    """Hash of the retrieval package's source: a change in scoring code invalidates the cache."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(retrieval.__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -73,7 +84,7 @@ class CachedRetriever:
 
     def candidates(self, texts: Sequence[str], top_k: int) -> list[list[Candidate]]:
         """Cached shortlists; only the misses go through the embedder and Chroma."""
-        scope = (self.index.fingerprint(), self.inner.describe(),
+        scope = (self.index.fingerprint(), self.inner.describe(), retrieval_code_hash(),
                  self.inner.neighbours, top_k)
         keys = [_key("retrieval", scope, text) for text in texts]
         found = self.store.get_many(keys)
