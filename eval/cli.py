@@ -23,6 +23,8 @@ def eval_command(
     prompt: Annotated[str | None, typer.Option(help="Prompt as task@version.")] = None,
     top_k: TopKOpt = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N texts.")] = None,
+    sample: Annotated[int | None, typer.Option(
+        help="A stable pseudo-random sample of N texts (by a hash of their id).")] = None,
     out: Annotated[Path, typer.Option(help="Directory for run files.")] = Path("eval/runs"),
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass both caches.")] = False,
     label: Annotated[str, typer.Option(help="A note stored in the run file.")] = "",
@@ -37,7 +39,7 @@ def eval_command(
     settings = settings_from(db, prompt=prompt)
     config = EvalConfig(mode=mode, top_k=top_k, out_dir=out, label=label,  # type: ignore[arg-type]
                         cache_dir=None if no_cache else Path(".labelrank-cache"))
-    run = run_eval(settings, load_dataset(dataset, limit, half), config)
+    run = run_eval(settings, load_dataset(dataset, limit, half, sample), config)
     path = save_run(run, out)
     typer.echo(format_metrics(run))
     typer.echo(f"\nrun saved to {path}")

@@ -40,8 +40,10 @@ class Dataset:
         return f"{name}.{self.half}" if self.half else name
 
 
-def load_dataset(path: str | Path, limit: int | None = None, half: str | None = None) -> Dataset:
-    """Read a gold JSONL file; only half `a` or `b` of it, and the first `limit` texts, if asked."""
+def load_dataset(path: str | Path, limit: int | None = None, half: str | None = None,
+                 sample: int | None = None) -> Dataset:
+    """Read a gold JSONL file; only half `a` or `b`, the first `limit` texts, or a stable
+    pseudo-random `sample` of texts (files are often sorted by label), if asked."""
     path = Path(path)
     if half not in (None, "a", "b"):
         raise DatasetError(f"half must be 'a' or 'b', not {half!r}", field="half")
@@ -68,6 +70,9 @@ def load_dataset(path: str | Path, limit: int | None = None, half: str | None = 
         if limit and len(examples) >= limit:
             break
     digest = hashlib.sha256(raw).hexdigest()[:16]
+    if sample:
+        examples = sorted(examples, key=lambda e: hashlib.sha1(e.id.encode()).digest())[:sample]
+        digest = f"{digest}:sample{sample}"
     return Dataset(path, f"{digest}:{half}" if half else digest, examples, half)
 
 

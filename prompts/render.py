@@ -33,6 +33,7 @@ class RenderedPrompt:
     tokens: int
     text_truncated: bool
     dropped_options: int
+    max_labels: int
 
 
 @lru_cache(maxsize=1)
@@ -105,4 +106,4 @@ def _fill(template: PromptTemplate, text: str, options: Sequence[Option], max_la
                                    text=json.dumps(text, ensure_ascii=False),
                                    max_labels=max_labels)
     tokens = count_tokens(system) + count_tokens(user) + 8
-    return RenderedPrompt(system, user, slots, tokens, truncated, 0)
+    return RenderedPrompt(system, user, slots, tokens, truncated, 0, max_labels)

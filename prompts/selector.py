@@ -149,8 +149,12 @@ class LLMSelector:
             body["response_format"] = {"type": "json_schema", "json_schema": {
                 "name": "label_choice", "strict": True, "schema": schema}}
         elif self.dialect == "json_object":
-            # llama.cpp and several other servers take the schema inside json_object.
-            body["response_format"] = {"type": "json_object", "schema": schema}
+            # llama.cpp and several other servers take the schema inside json_object and compile
+            # it to a grammar per request, so a label limit there costs nothing and stops a
+            # small model from listing every slot.
+            limited = {**schema, "properties": {"labels": {
+                **schema["properties"]["labels"], "maxItems": rendered.max_labels}}}
+            body["response_format"] = {"type": "json_object", "schema": limited}
         if cfg.max_answer_tokens:
             body["max_tokens"] = cfg.max_answer_tokens
         return body

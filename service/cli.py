@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -98,6 +99,55 @@ def demo(
                    f"   [{outcome.mode}{', degraded' if outcome.degraded else ''}]")
 
 
+@app.command()
+def info(db: DbOpt = None) -> None:
+    """Show what an index holds and the retrieval settings in effect (calibration included)."""
+    from service.factory import build_pipeline
+
+    settings = settings_from(db)
+    pipeline = build_pipeline(settings)
+    index = pipeline.index
+    calibration = index.calibration()
+    assignable = sum(lab.assignable for lab in index.labels.values())
+    typer.echo(json.dumps({
+        "db": str(settings.chroma_host or settings.db), "index": index.fingerprint(),
+        "assignable_labels": assignable, "vectors": index.vector_count(),
+        "retrieval": pipeline.retriever.describe(),  # type: ignore[attr-defined]
+        "top_k": pipeline.top_k, "threshold": pipeline.threshold.__dict__,
+        "calibration": calibration, "llm": pipeline.selector is not None,
+    }, indent=2))
+
+
+llm_app = typer.Typer(help="A local LLM engine for LLM mode without an API key.")
+app.add_typer(llm_app, name="llm")
+
+
+@llm_app.command("serve-local")
+def serve_local(
+    port: Annotated[int, typer.Option(help="Loopback port.")] = 8080,
+) -> None:
+    """Run llama.cpp's OpenAI-compatible server with the packaged Gemma 3 270M model."""
+    import signal
+    import time
+
+    from service.local_llm import MODEL_ALIAS, LocalLLMServer
+
+    # A plain `kill` must also stop the engine, not orphan it.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    server = LocalLLMServer(port=port).start()
+    typer.echo(f"llama.cpp is serving {MODEL_ALIAS} on {server.base_url}; point labelrank at it:\n"
+               f"  export LABELRANK_LLM_BASE_URL={server.base_url} LABELRANK_LLM_API_KEY=local "
+               f"LABELRANK_LLM_MODEL={MODEL_ALIAS} LABELRANK_LLM_MAX_ANSWER_TOKENS=64\n"
+               "Ctrl-C stops it.", err=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
 def _mode(mode: str):
     if mode not in ("auto", "llm", "retrieval"):
         raise typer.BadParameter(f"--mode must be auto, llm or retrieval, not {mode!r}")
@@ -113,6 +163,100 @@ def _batches(items, size: int):
             batch = []
     if batch:
         yield batch
+
+
+@app.command()
+def serve(
+    db: DbOpt = None,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help=(
+        "Worker processes; more than 1 needs a Chroma server (LABELRANK_CHROMA_HOST)."))] = 1,
+) -> None:
+    """Serve the HTTP API (OpenAPI docs at /docs) with uvicorn."""
+    import os
+
+    import uvicorn
+
+    settings = settings_from(db)
+    if workers == 1:
+        from service.api import create_app
+
+        uvicorn.run(create_app(settings), host=host, port=port)
+        return
+    if settings.chroma_host is None:
+        raise typer.BadParameter("an embedded index must have one writer process: use "
+                                 "--workers 1, or a Chroma server via LABELRANK_CHROMA_HOST",
+                                 param_hint="--workers")
+    if db is not None:
+        os.environ["LABELRANK_DB"] = str(db)  # worker processes build their own settings
+    uvicorn.run("service.api:create_app", factory=True, host=host, port=port, workers=workers)
+
+
+@app.command()
+def batch(
+    input_path: Annotated[str, typer.Argument(metavar="INPUT",
+                                              help="JSONL or CSV file, or - for stdin.")],
+    output: Annotated[Path, typer.Argument(
+        metavar="OUTPUT", help="JSONL output: appended to, resumed on rerun.")],
+    results: Annotated[list[Path] | None, typer.Argument(
+        metavar="RESULTS", help="Provider results (and error) files, for --openai-batch collect.")]
+    = None,
+    db: DbOpt = None,
+    mode: ModeOpt = "auto",
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Concurrent LLM requests.")]
+    = None,
+    text_field: Annotated[str, typer.Option(help="Field or column holding the text.")] = "text",
+    id_field: Annotated[str, typer.Option(help="Field or column holding the id.")] = "id",
+    input_format: Annotated[str, typer.Option(help="auto | jsonl | csv")] = "auto",
+    chunk_size: Annotated[int | None, typer.Option(min=1, help="Texts per pipeline call.")]
+    = None,
+    candidates: Annotated[bool, typer.Option(help="Keep the candidates in each record.")] = True,
+    force: Annotated[bool, typer.Option("--force", "--continue-anyway", help=(
+        "Continue although OUTPUT was written with another index or settings."))] = False,
+    openai_batch: Annotated[str | None, typer.Option(help="prepare | collect")] = None,
+) -> None:
+    """Label a whole file: one JSONL record per input record, in order, resumable."""
+    from service.batch import BatchOptions, run_batch
+    from service.batch_report import summary
+    from service.factory import build_pipeline
+    from service.openai_batch import BATCH_DISCOUNT, collect, prepare
+
+    if input_format not in ("auto", "jsonl", "csv"):
+        raise typer.BadParameter(f"--input-format must be auto, jsonl or csv, not {input_format!r}")
+    if openai_batch not in (None, "prepare", "collect") or bool(results) != (
+            openai_batch == "collect"):
+        raise typer.BadParameter("use --openai-batch prepare, or --openai-batch collect "
+                                 "RESULTS.jsonl...; results files go with collect only")
+    settings = settings_from(db, llm_concurrency=concurrency)
+    pipeline = build_pipeline(settings)
+    options = BatchOptions(mode=_mode(mode), text_field=text_field, id_field=id_field,
+                           input_format=input_format, chunk_size=chunk_size,  # type: ignore[arg-type]
+                           candidates=candidates, force=force)
+    if openai_batch == "prepare":
+        done = prepare(pipeline, settings, input_path, output, options)
+        typer.echo(f"prepared {done['requests']} requests for {done['items']} records "
+                   f"({done['errors']} input errors) in {done['directory']}:", err=True)
+        for path in done["files"]:  # type: ignore[attr-defined]
+            typer.echo(f"  {path}", err=True)
+        typer.echo("upload each with purpose=batch, create batches for /v1/chat/completions, "
+                   "then: labelrank batch INPUT OUTPUT --openai-batch collect RESULTS.jsonl",
+                   err=True)
+        return
+    if openai_batch == "collect":
+        stats, bad = collect(pipeline, settings, output, results or [], options)
+        if bad:
+            typer.echo(f"warning: {bad} unreadable lines in the results files", err=True)
+        typer.echo(summary(stats, settings.llm_model, settings.llm_prices, BATCH_DISCOUNT),
+                   err=True)
+        return
+    try:
+        stats = run_batch(pipeline, settings, input_path, output, options)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: {output} holds every finished record; run the same "
+                   "command again to resume", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(summary(stats, settings.llm_model, settings.llm_prices), err=True)
 
 
 def main() -> None:

@@ -66,3 +66,11 @@ def test_bad_catalog_is_one_line_no_traceback(tmp_path: Path) -> None:
 def test_llm_mode_without_endpoint_is_a_clear_error(db: Path) -> None:
     done = run("classify", "hello", "--mode", "llm", db=db)
     assert done.returncode == 2 and "error [llm_not_configured]" in done.stderr
+
+
+def test_info_shows_what_is_in_effect(db: Path) -> None:
+    done = run("info", db=db)
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["index"]["embedder"] == "all-MiniLM-L6-v2" and info["assignable_labels"] == 6
+    assert info["retrieval"] == "rrf(k=1,m=3)" and info["calibration"] is None

@@ -177,3 +177,9 @@ def test_halves_partition_the_dataset(dataset_path: Path) -> None:
     a, b = load_dataset(dataset_path, half="a"), load_dataset(dataset_path, half="b")
     ids = sorted(e.id for e in a.examples + b.examples)
     assert ids == sorted(row["id"] for row in GOLD) and a.sha256 != b.sha256
+
+
+def test_sample_is_stable_and_spread(dataset_path: Path) -> None:
+    first, again = load_dataset(dataset_path, sample=3), load_dataset(dataset_path, sample=3)
+    assert [e.id for e in first.examples] == [e.id for e in again.examples]
+    assert len(first.examples) == 3 and first.sha256.endswith(":sample3")
