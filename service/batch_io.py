@@ -1,0 +1,239 @@
+"""Batch files: input records (JSONL or CSV) with line numbers, and the resumable JSONL output."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+from retrieval.errors import LabelrankError
+
+InputFormat = Literal["auto", "jsonl", "csv"]
+STDIN = "-"
+_CSV_FIELD_LIMIT = 1 << 26  # let oversized texts reach the pipeline's own length check
+
+
+class InvalidInputError(LabelrankError):
+    code = "invalid_input"
+    status = 422
+
+
+class DuplicateIdError(InvalidInputError):
+    code = "duplicate_id"
+
+
+class CorruptOutputError(LabelrankError):
+    code = "corrupt_output"
+    status = 409
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    """One input record: its line, its id (if any), and its text or the reason it has none."""
+
+    line: int
+    id: str | int | None
+    text: str | None = None
+    error: dict[str, object] | None = None
+
+    @property
+    def key(self) -> str:
+        """What makes this record done in OUTPUT: its id, else its line number."""
+        duplicate = self.error is not None and self.error.get("code") == DuplicateIdError.code
+        return record_key(self.line, None if duplicate else self.id)
+
+    def head(self) -> dict[str, object]:
+        """The fields every output record starts with."""
+        return {"line": self.line, "id": self.id}
+
+
+def record_key(line: int, record_id: str | int | None) -> str:
+    """Resume key shared by input and output records."""
+    return f"line:{line}" if record_id is None else f"id:{json.dumps(record_id)}"
+
+
+def output_key(record: dict) -> str:
+    """The resume key of a record read back from OUTPUT."""
+    error = record.get("error")
+    duplicate = isinstance(error, dict) and error.get("code") == DuplicateIdError.code
+    return record_key(record["line"], None if duplicate else record.get("id"))
+
+
+def resolve_format(source: str, fmt: InputFormat) -> Literal["jsonl", "csv"]:
+    """CSV by the `.csv` suffix, JSONL otherwise (stdin included), unless given."""
+    if fmt != "auto":
+        return fmt
+    return "csv" if source != STDIN and source.lower().endswith(".csv") else "jsonl"
+
+
+@contextlib.contextmanager
+def open_input(source: str) -> Iterator[BinaryIO]:
+    """The input as bytes: a file, or stdin for `-`."""
+    if source == STDIN:
+        yield sys.stdin.buffer
+        return
+    path = Path(source)
+    if not path.is_file():
+        raise InvalidInputError(f"input file not found: {source}", path=source)
+    with path.open("rb") as handle:
+        yield handle
+
+
+def count_records(source: str, fmt: Literal["jsonl", "csv"]) -> int | None:
+    """About how many records the input holds (lines), for the ETA; None for stdin."""
+    if source == STDIN or not Path(source).is_file():
+        return None
+    lines, last = 0, b"\n"
+    with open(source, "rb") as handle:
+        while block := handle.read(1 << 20):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    lines += last != b"\n"
+    return max(lines - (fmt == "csv"), 0)
+
+
+def read_records(stream: BinaryIO, fmt: Literal["jsonl", "csv"], text_field: str = "text",
+                 id_field: str = "id") -> Iterator[InputRecord]:
+    """Every input record in order; unreadable ones carry an `invalid_input` error."""
+    rows = _csv_rows(stream, text_field) if fmt == "csv" else _jsonl_rows(stream)
+    seen: dict[str, int] = {}
+    for line, row, problem in rows:
+        yield _record(line, row, problem, text_field, id_field, seen)
+
+
+def _record(line: int, row: dict | None, problem: str | None, text_field: str, id_field: str,
+            seen: dict[str, int]) -> InputRecord:
+    if row is None:
+        return _bad(line, None, problem or "unreadable")
+    raw_id = row.get(id_field)
+    record_id = None if raw_id in (None, "") else raw_id
+    if record_id is not None and (isinstance(record_id, bool)
+                                  or not isinstance(record_id, str | int)):
+        return _bad(line, None, f"field {id_field!r} must be a string or an integer")
+    if record_id is not None:
+        key = record_key(line, record_id)
+        if key in seen:
+            error = DuplicateIdError(f"line {line}: id {record_id!r} already appeared on line "
+                                     f"{seen[key]}", line=line, first_line=seen[key])
+            return InputRecord(line, record_id, error=error.to_dict())
+        seen[key] = line
+    text = row.get(text_field)
+    if text is None:
+        return _bad(line, record_id, f"no {text_field!r} field")
+    if not isinstance(text, str):
+        return _bad(line, record_id, f"field {text_field!r} must be a string, "
+                                     f"not {type(text).__name__}")
+    return InputRecord(line, record_id, text)
+
+
+def _bad(line: int, record_id: str | int | None, problem: str) -> InputRecord:
+    error = InvalidInputError(f"line {line}: {problem}", line=line)
+    return InputRecord(line, record_id, error=error.to_dict())
+
+
+def _jsonl_rows(stream: BinaryIO) -> Iterator[tuple[int, dict | None, str | None]]:
+    for line, raw in enumerate(stream, start=1):
+        try:
+            text = raw.decode("utf-8-sig" if line == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            yield line, None, f"not UTF-8 ({exc.reason} at byte {exc.start})"
+            continue
+        if not text.strip():
+            yield line, None, "blank line"
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield line, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
+            continue
+        if not isinstance(row, dict):
+            yield line, None, f"expected a JSON object, not {type(row).__name__}"
+            continue
+        yield line, row, None
+
+
+def _csv_rows(stream: BinaryIO, text_field: str) -> Iterator[tuple[int, dict | None, str | None]]:
+    csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
+    reader = csv.reader(io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace",
+                                         newline=""))
+    header = next(reader, None)
+    if header is None:
+        return
+    if text_field not in header:
+        raise InvalidInputError(f"the CSV header has no {text_field!r} column "
+                                f"(columns: {', '.join(header)})", field=text_field)
+    start = reader.line_num + 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield start, None, f"malformed CSV ({exc})"
+        else:
+            if not row:
+                yield start, None, "blank line"
+            elif len(row) != len(header):
+                yield start, None, f"{len(row)} fields where the header has {len(header)}"
+            else:
+                yield start, dict(zip(header, row, strict=True)), None
+        start = reader.line_num + 1
+
+
+def scan_output(path: Path, on_record: Callable[[dict], None]) -> set[str]:
+    """Keys of the records already in OUTPUT; a torn last line (from a kill) is cut off."""
+    if not path.exists():
+        return set()
+    keys: set[str] = set()
+    good = 0
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.endswith(b"\n"):
+                break  # only the last line can lack its newline: the write it came from died
+            try:
+                record = json.loads(raw)
+                keys.add(output_key(record))
+            except (ValueError, KeyError, TypeError):
+                raise CorruptOutputError(
+                    f"{path}:{number}: not a labelrank batch record; remove the line or choose "
+                    "another OUTPUT", path=str(path), line=number) from None
+            on_record(record)
+            good += len(raw)
+    if good < path.stat().st_size:
+        with path.open("r+b") as handle:
+            handle.truncate(good)
+    return keys
+
+
+class OutputWriter:
+    """Appends records to OUTPUT, each chunk flushed and synced before the next."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = path.open("ab")
+
+    def write(self, records: list[dict]) -> None:
+        """Append whole lines, then flush them to disk."""
+        if not records:
+            return
+        self._file.write("".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                 for r in records).encode())
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
+
+    def __enter__(self) -> OutputWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
