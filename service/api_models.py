@@ -1,0 +1,233 @@
+"""Request and response bodies of the HTTP API, and the errors only the API raises."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from retrieval.catalog import Label
+from retrieval.errors import LabelrankError
+from service.pipeline import Mode
+from service.results import ClassifyResult
+
+
+class NotReadyError(LabelrankError):
+    code = "not_ready"
+    status = 503
+
+
+class InvalidLabelError(LabelrankError):
+    code = "invalid_label"
+    status = 422
+
+
+class LabelHasChildrenError(LabelrankError):
+    code = "label_has_children"
+    status = 409
+
+
+class BatchTooLargeError(LabelrankError):
+    code = "batch_too_large"
+    status = 413
+
+
+class UnauthorizedError(LabelrankError):
+    code = "unauthorized"
+    status = 401
+
+
+class ForbiddenError(LabelrankError):
+    code = "forbidden"
+    status = 403
+
+
+def _encodable(value: str) -> str:
+    # Lone surrogates are valid JSON escapes but cannot reach the tokenizer or Chroma.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text is not valid Unicode (lone surrogate)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000),
+                 AfterValidator(_encodable)]
+Description = Annotated[str, StringConstraints(strip_whitespace=True),
+                        AfterValidator(_encodable)]
+LABEL_ID_PATTERN = r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$"
+LabelId = Annotated[str, StringConstraints(min_length=1, max_length=256,
+                                           pattern=LABEL_ID_PATTERN)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClassifyOptionsIn(_Strict):
+    """Options shared by single and batch classification."""
+
+    mode: Mode = Field("auto", description="auto uses the LLM when one is configured")
+    top_k: int | None = Field(None, ge=1, le=200, description="Candidates per text")
+    max_labels: int | None = Field(None, ge=1, le=100, description="Most labels per text")
+
+
+class ClassifyRequest(ClassifyOptionsIn):
+    """One text to classify."""
+
+    text: Text = Field(description="The text; empty or too long is an error")
+
+
+class BatchItem(_Strict):
+    """One text of a batch, with an optional id echoed back in its result."""
+
+    id: str | None = Field(None, max_length=256)
+    text: Text
+
+
+class BatchRequest(ClassifyOptionsIn):
+    """Several texts, classified with the same options."""
+
+    items: list[BatchItem]
+
+
+class BatchResultItem(ClassifyResult):
+    """A classified batch item."""
+
+    id: str | None = None
+
+
+class BatchErrorItem(BaseModel):
+    """A batch item that could not be classified; the other items are unaffected."""
+
+    id: str | None = None
+    error: dict[str, Any]
+
+
+class BatchResponse(BaseModel):
+    """One entry per input item, in input order."""
+
+    results: list[BatchResultItem | BatchErrorItem]
+
+
+class LabelOut(BaseModel):
+    """A label as stored in the index."""
+
+    id: str
+    name: str
+    description: str = ""
+    aliases: list[str] = []
+    parent: str | None = None
+    assignable: bool = True
+
+    @classmethod
+    def of(cls, label: Label) -> LabelOut:
+        """From an index label."""
+        return cls(id=label.id, name=label.name, description=label.description,
+                   aliases=list(label.aliases), parent=label.parent, assignable=label.assignable)
+
+
+class LabelDetail(LabelOut):
+    """A label with its example texts and the ids of its children."""
+
+    examples: list[str] = []
+    children: list[str] = []
+
+
+class LabelQuery(_Strict):
+    """Filters and paging of the label list (unknown parameters are refused)."""
+
+    parent: str | None = Field(None, description="Only children of this id; empty: top level")
+    prefix: str | None = Field(None, description="Only ids that start with this")
+    offset: int = Field(0, ge=0, le=10**9)
+    limit: int = Field(100, ge=1, le=1000)
+
+
+class LabelPage(BaseModel):
+    """One page of labels, sorted by id."""
+
+    items: list[LabelOut]
+    total: int = Field(description="Labels matching the filter")
+    offset: int
+    limit: int
+    next_offset: int | None = Field(None, description="Offset of the next page, if any")
+
+
+class LabelIn(_Strict):
+    """A whole label (PUT creates or replaces it, examples included)."""
+
+    name: Name
+    description: Description = ""
+    aliases: list[Name] = []
+    parent: LabelId | None = None
+    assignable: bool = True
+    examples: list[Text] = []
+
+
+class LabelPatch(_Strict):
+    """Changes to one label; absent fields stay as they are."""
+
+    name: Name | None = None
+    description: Description | None = None
+    parent: LabelId | None = Field(None, description="null makes the label a root")
+    assignable: bool | None = None
+    add_examples: list[Text] = []
+    remove_examples: list[Text] = []
+    add_aliases: list[Name] = []
+    remove_aliases: list[Name] = []
+
+
+class LabelWrite(BaseModel):
+    """What a label write changed in the index."""
+
+    label: LabelDetail
+    created: bool = False
+    vectors_added: int = 0
+    vectors_removed: int = 0
+
+
+class DeleteResult(BaseModel):
+    """Labels removed (the label and, with cascade, its descendants)."""
+
+    deleted: list[str]
+    vectors_removed: int
+
+
+class FeedbackIn(_Strict):
+    """A reviewed text: confirmed labels learn it as an example; rejected ones are logged."""
+
+    text: Text
+    labels: list[LabelId] = Field(default_factory=list, description="Labels that apply")
+    rejected: list[LabelId] = Field(default_factory=list, description="Labels that do not")
+
+
+class FeedbackOut(BaseModel):
+    """What the feedback changed."""
+
+    confirmed: list[str]
+    rejected: list[str]
+    examples_added: int = Field(description="Confirmed labels that did not have the text yet")
+    examples_removed: int = Field(description="Rejected labels that had the text as an example")
+
+
+class Health(BaseModel):
+    """Liveness or readiness."""
+
+    status: str
+    checks: dict[str, Any] = {}
+
+
+class ErrorInfo(BaseModel):
+    """A stable `code`, a readable `message`, and details that depend on the code."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """Every error answer has this shape."""
+
+    error: ErrorInfo

@@ -1,0 +1,194 @@
+"""What the API's routes share: the pipeline built once, the micro-batcher, live labels."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from retrieval.embedder import Embedder
+from retrieval.errors import LabelrankError
+from retrieval.index import LabelIndex, chroma_client
+from service.api_models import NotReadyError
+from service.factory import build_embedder, build_pipeline
+from service.live_labels import LiveLabels
+from service.metrics import Metrics
+from service.microbatch import MicroBatcher
+from service.pipeline import ClassifyOptions, Pipeline
+from service.results import Outcome
+from service.settings import Settings
+
+log = logging.getLogger("labelrank.api")
+LOCK_NAME = "labelrank-serve.lock"
+
+
+class SerialEmbedder:
+    """One embedder shared by threads, one call at a time (HF fast tokenizers are not
+    thread-safe, and on a few cores parallel calls would not be faster anyway)."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.dim = inner.dim
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed a batch while holding the embedder."""
+        with self._lock:
+            return self.inner.embed(texts)
+
+
+class DirectoryBusyError(LabelrankError):
+    code = "index_in_use"
+    status = 503
+
+
+def hold_directory(db: Path) -> IO[str]:
+    """Take an exclusive lock on an embedded index directory, or fail at once."""
+    import fcntl
+
+    db.mkdir(parents=True, exist_ok=True)
+    handle = (db / LOCK_NAME).open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise DirectoryBusyError(
+            f"the embedded index {db} is already served by another process; Chroma's embedded "
+            "mode is not safe for several writer processes: run one worker, or use a Chroma "
+            "server (LABELRANK_CHROMA_HOST) for several", path=str(db)) from None
+    return handle
+
+
+class ServiceState:
+    """Settings, metrics and, once loaded, the pipeline and its live label editor."""
+
+    def __init__(self, settings: Settings, metrics: Metrics,
+                 load_embedder: Callable[[], Embedder] | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._load_embedder = load_embedder or (lambda: build_embedder(settings))
+        self.pipeline: Pipeline | None = None
+        self.labels: LiveLabels | None = None
+        self.error: str | None = None
+        size, wait = settings.microbatch_size, settings.microbatch_wait_ms / 1000
+        # Retrieval is CPU-bound: two batches in flight (one embeds while the other searches)
+        # and the rest wait and merge. LLM batches mostly wait on the network: many at once.
+        self.batchers: dict[str, MicroBatcher[tuple[Pipeline, ClassifyOptions], Outcome]] = {
+            "retrieval": MicroBatcher(self._run_micro, size, wait, max_in_flight=2),
+            "llm": MicroBatcher(self._run_micro, size, wait, max_in_flight=32)}
+        self._embedder: SerialEmbedder | None = None
+        self._dir_lock: IO[str] | None = None
+        self._client: Any = None
+        self._next_check = 0.0
+
+    @property
+    def server_mode(self) -> bool:
+        """True when the index lives on a Chroma server shared with other workers."""
+        return self.settings.chroma_host is not None
+
+    def claim_directory(self) -> None:
+        """Embedded mode: take the index directory for this process, or fail at startup."""
+        if not self.server_mode:
+            self._dir_lock = hold_directory(self.settings.db)
+
+    def load(self) -> None:
+        """Build embedder, index and pipeline (blocking: run it in a worker thread)."""
+        try:
+            self._embedder = SerialEmbedder(self._load_embedder())
+            self._install(self._open_index())
+        except LabelrankError as exc:
+            self.error = f"{exc.code}: {exc.message}"
+        except Exception as exc:  # a readiness answer, not a crash: /readyz reports it
+            log.exception("loading the pipeline failed")
+            self.error = f"{type(exc).__name__}: {exc}"
+        if self.error:
+            log.error("labelrank is not ready: %s", self.error)
+
+    def close(self) -> None:
+        """Release the index directory."""
+        if self._dir_lock is not None:
+            self._dir_lock.close()
+            self._dir_lock = None
+
+    def require_pipeline(self) -> Pipeline:
+        """The pipeline, or NotReadyError while it loads or after loading failed."""
+        if self.pipeline is None:
+            raise NotReadyError(self.error or "the embedder and the index are still loading",
+                                reason=self.error or "loading")
+        return self.pipeline
+
+    def require_labels(self) -> LiveLabels:
+        """The live label editor, once loaded."""
+        self.require_pipeline()
+        assert self.labels is not None
+        return self.labels
+
+    async def classify_one(self, pipeline: Pipeline, text: str,
+                           options: ClassifyOptions) -> Outcome:
+        """One text through the micro-batcher for its path."""
+        llm = options.mode == "llm" or (options.mode == "auto" and pipeline.selector is not None)
+        return await self.batchers["llm" if llm else "retrieval"].submit(text, (pipeline, options))
+
+    def run_batch(self, pipeline: Pipeline, texts: Sequence[str], options: ClassifyOptions,
+                  source: str) -> list[Outcome]:
+        """One pipeline call, counted in the metrics."""
+        outcomes = pipeline.classify_batch(texts, options)
+        self.metrics.observe(outcomes, source)
+        return outcomes
+
+    def refresh_due(self) -> bool:
+        """Server mode: whether to look for other workers' label edits now."""
+        return self.server_mode and time.monotonic() >= self._next_check
+
+    def refresh_if_changed(self) -> None:
+        """Server mode: reload label records when another worker changed them (blocking)."""
+        if not self.server_mode or self.pipeline is None or self.labels is None:
+            return
+        self._next_check = time.monotonic() + self.settings.index_refresh_s
+        with self.labels.lock:
+            vectors = self._client.get_collection(f"{self.settings.collection}-vectors")
+            stored = vectors.metadata or {}
+            if stored.get("catalog_hash") != self.pipeline.index.fingerprint()["catalog_hash"]:
+                log.info("labels changed on the Chroma server: reloading them")
+                self._install(self._open_index())
+
+    def _open_index(self) -> LabelIndex:
+        assert self._embedder is not None
+        if self._client is None:
+            self._client = chroma_client(self.settings.db, self.settings.chroma_host,
+                                         self.settings.chroma_port)
+        return LabelIndex(self._client, self._embedder, name=self.settings.collection)
+
+    def _install(self, index: LabelIndex) -> None:
+        feedback_log = self.settings.feedback_log or self.settings.db / "feedback.jsonl"
+        labels = LiveLabels(index, self.settings.max_text_chars, feedback_log)
+        if self.labels is not None:
+            labels.lock = self.labels.lock  # one writer at a time across reloads
+        self.pipeline, self.labels = build_pipeline(self.settings, index=index), labels
+
+    def _run_micro(self, texts: Sequence[str],
+                   key: tuple[Pipeline, ClassifyOptions]) -> list[Outcome]:
+        return self.run_batch(key[0], texts, key[1], "single")
+
+    def readiness(self) -> dict[str, object]:
+        """Embedder loaded, index reachable, label count; blocking (Chroma round trip)."""
+        checks: dict[str, object] = {"embedder": self._embedder is not None,
+                                     "index": False, "labels": 0}
+        if self.error:
+            checks["error"] = self.error
+        if self.pipeline is not None:
+            with contextlib.suppress(Exception):
+                checks["vectors"] = self.pipeline.index.vector_count()
+                checks["index"] = True
+            checks["labels"] = len(self.pipeline.index.labels)
+            self.metrics.labels.set(checks["labels"])  # type: ignore[arg-type]
+        checks["ready"] = bool(checks["embedder"] and checks["index"] and checks["labels"])
+        self.metrics.ready.set(int(bool(checks["ready"])))
+        return checks
