@@ -31,8 +31,14 @@ class EmbedderLoadError(LabelrankError):
 class SentenceTransformerEmbedder:
     """A sentence-transformers model loaded from a local path (never from a hub)."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 128, device: str = "cpu"):
+    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 128, device: str = "cpu",
+                 threads: int | None = None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        if threads:
+            import torch
+
+            # Process-wide: on a busy or shared host fewer threads beat oversubscription.
+            torch.set_num_threads(threads)
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 

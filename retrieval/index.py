@@ -100,7 +100,9 @@ class LabelIndex:
             f"{name}-labels", metadata=meta, configuration=config, embedding_function=None)
         self._check_embedder(self._vectors.metadata or {})
         self._lock = threading.RLock()
-        self._labels = dict(self._load_labels())
+        self._labels: dict[str, Label] = {}
+        self._hashes: dict[str, str] = {}
+        self._reload()
 
     # -- reading -------------------------------------------------------------
 
@@ -177,7 +179,8 @@ class LabelIndex:
         """Make the index hold exactly `catalog` (or only add, without pruning), by content hash."""
         with self._lock:
             report = SyncReport()
-            stored = self._stored_hashes()
+            # A full sync trusts only Chroma; a partial one (API edits) the copy in memory.
+            stored = self._stored_hashes() if prune else dict(self._hashes)
             changed = [lab for lab in catalog.labels.values()
                        if stored.get(lab.id) != lab.content_hash()]
             report.labels_unchanged = len(catalog) - len(changed)
@@ -193,7 +196,10 @@ class LabelIndex:
                     report.labels_updated += 1
                 else:
                     report.labels_added += 1
-            self._labels = dict(self._load_labels())
+            if prune:
+                self._reload()
+            else:
+                self._remember(changed, removed=[])
             self._set_meta(catalog_hash=self._catalog_hash())
             report.vectors_total = self._vectors.count()
             return report
@@ -228,7 +234,7 @@ class LabelIndex:
         with self._lock:
             removed = self._delete_vectors_of(list(label_ids))
             self._records.delete(ids=list(label_ids))
-            self._labels = dict(self._load_labels())
+            self._remember([], removed=list(label_ids))
             self._set_meta(catalog_hash=self._catalog_hash())
             return removed
 
@@ -293,9 +299,24 @@ class LabelIndex:
     def _stored_hashes(self) -> dict[str, str]:
         return {rid: meta["hash"] for rid, meta, _ in self._pages(["metadatas"])}
 
-    def _load_labels(self) -> Iterator[tuple[str, Label]]:
-        for rid, _, doc in self._pages(["documents"]):
-            yield rid, _label_from_json(doc)
+    def _reload(self) -> None:
+        """Read every label record from Chroma (on open and after a full sync)."""
+        labels, hashes = {}, {}
+        for rid, meta, doc in self._pages(["metadatas", "documents"]):
+            labels[rid], hashes[rid] = _label_from_json(doc), meta["hash"]
+        self._labels, self._hashes = labels, hashes
+
+    def _remember(self, written: Sequence[Label], removed: Sequence[str]) -> None:
+        # New dicts, not in-place edits: readers holding the old ones see a consistent catalog,
+        # and identity tells caches (the lexicon) that labels changed.
+        labels, hashes = dict(self._labels), dict(self._hashes)
+        for label in written:
+            labels[label.id] = replace(label, examples=())
+            hashes[label.id] = label.content_hash()
+        for label_id in removed:
+            labels.pop(label_id, None)
+            hashes.pop(label_id, None)
+        self._labels, self._hashes = labels, hashes
 
     def _pages(self, include: list[str]) -> Iterator[tuple[str, dict, str]]:
         offset = 0
@@ -310,7 +331,7 @@ class LabelIndex:
 
     def _catalog_hash(self) -> str:
         digest = hashlib.sha256()
-        for rid, hash_ in sorted(self._stored_hashes().items()):
+        for rid, hash_ in sorted(self._hashes.items()):
             digest.update(f"{rid}\x1f{hash_}".encode())
         return digest.hexdigest()[:16]
 

@@ -17,13 +17,14 @@ from service.settings import Settings
 
 
 @lru_cache(maxsize=4)
-def _cached_embedder(model: str, batch_size: int) -> SentenceTransformerEmbedder:
-    return SentenceTransformerEmbedder(model, batch_size=batch_size)
+def _cached_embedder(model: str, batch_size: int,
+                     threads: int | None) -> SentenceTransformerEmbedder:
+    return SentenceTransformerEmbedder(model, batch_size=batch_size, threads=threads)
 
 
 def build_embedder(settings: Settings) -> Embedder:
     """The configured embedder, loaded once per process."""
-    return _cached_embedder(settings.embedder, settings.embed_batch_size)
+    return _cached_embedder(settings.embedder, settings.embed_batch_size, settings.embed_threads)
 
 
 def build_index(settings: Settings, embedder: Embedder | None = None) -> LabelIndex:

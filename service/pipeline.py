@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -128,8 +128,10 @@ class Pipeline:
                               reason=reason)
 
     def _with_llm(self, text: str, candidates: list[Candidate], max_labels: int) -> ClassifyResult:
+        labels = self.index.labels  # one snapshot: a label deleted meanwhile is simply skipped
+        candidates = [c for c in candidates if c.label_id in labels]
         try:
-            selection = self.selector.select(text, self._options(candidates), max_labels)  # type: ignore[union-attr]
+            selection = self.selector.select(text, self._options(candidates, labels), max_labels)  # type: ignore[union-attr]
         except LLMError as exc:
             fallback = self._with_threshold(candidates, max_labels,
                                             degraded_reason=f"llm_failed: {exc.reason}")
@@ -146,14 +148,14 @@ class Pipeline:
             latency_ms=selection.latency_s * 1000,
         )
 
-    def _options(self, candidates: list[Candidate]) -> list[Option]:
-        labels = self.index.labels
+    def _options(self, candidates: list[Candidate],
+                 labels: Mapping[str, Label] | None = None) -> list[Option]:
+        labels = self.index.labels if labels is None else labels
         return [Option(c.label_id, labels[c.label_id].name, labels[c.label_id].description,
-                       tuple(a.name for a in self._path(labels[c.label_id])), c.evidence)
+                       tuple(a.name for a in self._path(labels[c.label_id], labels)), c.evidence)
                 for c in candidates]
 
-    def _path(self, label: Label) -> list[Label]:
-        labels = self.index.labels
+    def _path(self, label: Label, labels: Mapping[str, Label]) -> list[Label]:
         chain = [label]
         while chain[-1].parent in labels and len(chain) < 32:
             chain.append(labels[chain[-1].parent])  # type: ignore[index]

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     collection: str = "labelrank"
     embedder: str = "all-MiniLM-L6-v2"
     embed_batch_size: int = Field(128, ge=1)
+    embed_threads: int | None = Field(None, ge=1)
 
     # Retrieval
     neighbours: int = Field(100, ge=1, le=2000)

@@ -169,3 +169,19 @@ def test_explicit_format_does_not_step_down(llm_pipeline: Pipeline,
     result = llm_pipeline.classify(TEXT, LLM)
     assert fake_llm.request_count == 1
     assert result.degraded and result.reason == "llm_failed: format_rejected"
+
+
+def test_label_deleted_while_the_llm_answers_is_skipped(llm_pipeline: Pipeline,
+                                                        fake_llm: FakeOpenAI) -> None:
+    def delete_then_answer(req: dict) -> Reply:
+        llm_pipeline.index.delete(["pets.cats"])  # a concurrent API edit
+        return Reply.labels(slot_of(req, "Cats"), slot_of(req, "Dogs"))
+
+    fake_llm.default = delete_then_answer
+    result = llm_pipeline.classify(TEXT, LLM)
+    assert [lab.id for lab in result.labels] == ["pets.dogs"]
+    assert "pets.cats" not in {c.id for c in result.candidates}
+    # The next request's prompt no longer offers it at all.
+    fake_llm.default = Reply.labels()
+    llm_pipeline.classify(TEXT, LLM)
+    assert "Cats" not in slots_in_prompt(fake_llm.requests[-1]).values()
