@@ -50,7 +50,7 @@ def run_batch(pipeline: Pipeline, settings: Settings, source: str, output: Path,
               options: BatchOptions = DEFAULTS, progress_every_s: float = 10.0,
               tty: bool | None = None) -> Stats:
     """Label every input record not yet in OUTPUT; returns counts over the whole OUTPUT."""
-    mode = pipeline._resolve_mode(options.mode)  # fails now, not after the first chunk
+    mode = pipeline.resolve_mode(options.mode)  # fails now, not after the first chunk
     fmt = resolve_format(source, options.input_format)
     config = run_config(settings, pipeline, mode, "online", options.text_field, options.id_field)
     stats = Stats(total=count_records(source, fmt))

@@ -77,7 +77,7 @@ class Pipeline:
     def classify_batch(self, texts: Sequence[str],
                        options: ClassifyOptions = ClassifyOptions()) -> list[Outcome]:
         """One outcome per text, in order: a result, or an error record for that text."""
-        mode = self._resolve_mode(options.mode)
+        mode = self.resolve_mode(options.mode)
         top_k = options.top_k or self.top_k
         max_labels = options.max_labels or self.threshold.max_labels
         outcomes: list[Outcome | None] = [None] * len(texts)
@@ -102,7 +102,8 @@ class Pipeline:
             outcomes[position] = result
         return outcomes  # type: ignore[return-value]
 
-    def _resolve_mode(self, mode: Mode) -> Literal["llm", "retrieval"]:
+    def resolve_mode(self, mode: Mode) -> Literal["llm", "retrieval"]:
+        """The path `mode` takes here; `llm` without an LLM configured is an error."""
         if mode == "llm" and self.selector is None:
             raise NoLLMConfigured("mode 'llm' needs an LLM endpoint: set LABELRANK_LLM_BASE_URL "
                                   "(or OPENAI_BASE_URL / OPENAI_API_KEY)")

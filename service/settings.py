@@ -12,8 +12,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Every knob of labelrank; env prefix LABELRANK_ (OpenAI's own variable names also work)."""
 
+    # Empty values mean "not set", so a copy of .env.example works as it is.
     model_config = SettingsConfigDict(env_prefix="LABELRANK_", env_file=".env",
-                                      extra="ignore", populate_by_name=True)
+                                      extra="ignore", populate_by_name=True,
+                                      env_ignore_empty=True)
 
     # Index and embedder
     db: Path = Path("labelrank-data")

@@ -39,3 +39,12 @@ def test_invalid_values_are_refused() -> None:
         Settings(_env_file=None, top_k=0)
     with pytest.raises(ValidationError):
         Settings(_env_file=None, aggregation="mean")
+
+
+def test_a_copy_of_env_example_loads_as_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OPENAI_BASE_URL", "OPENAI_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    from_example = Settings(_env_file=ENV_EXAMPLE)
+    assert from_example.llm_max_answer_tokens is None and from_example.embed_threads is None
+    assert not from_example.llm_configured
+    assert from_example.model_dump() == Settings(_env_file=None).model_dump()
