@@ -99,7 +99,7 @@ class CachedRetriever:
 
 
 class CachedSelector:
-    """An LLMSelector whose answers are remembered per (model, rendered prompt, parameters)."""
+    """An LLMSelector whose answers are remembered per (endpoint, exact request body)."""
 
     def __init__(self, selector: LLMSelector, store: Store) -> None:
         self.inner = selector
@@ -108,7 +108,8 @@ class CachedSelector:
     def select(self, text: str, options: Sequence[Option], max_labels: int) -> Selection:
         """A cached answer, or a real call whose successful answer is then cached."""
         rendered = self.inner.prompt(text, options, max_labels)
-        key = _key("llm", self.inner.request(rendered), rendered.slots, max_labels)
+        key = _key("llm", str(self.inner.client.base_url), self.inner.request(rendered),
+                   rendered.slots, max_labels)
         hit = self.store.get_many([key])
         if hit:
             data = json.loads(hit[key])
