@@ -21,7 +21,6 @@ from service.results import ClassifyResult
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.llm
-pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed: run make test-llm")
 
 TEXTS = ["my kitten keeps biting my fingers", "when do I have to file my tax return",
          "the eigenvalues of a symmetric matrix are real"]
@@ -29,6 +28,7 @@ TEXTS = ["my kitten keeps biting my fingers", "when do I have to file my tax ret
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalLLMServer]:
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python not installed: run make test-llm")
     log = tmp_path_factory.mktemp("llama") / "server.log"
     with LocalLLMServer(log=log) as running:
         yield running
