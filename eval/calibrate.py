@@ -136,7 +136,7 @@ def _shortlists(pipeline: Pipeline, dataset: Dataset,
         return
     index = pipeline.index
     hits = index.search(index.embedder.embed(texts), max(retriever.neighbours, top_k))  # type: ignore[attr-defined]
-    assignable = {lid for lid, lab in index.labels.items() if lab.assignable}
+    assignable = retriever.assignable()  # type: ignore[attr-defined]
     for how in AGGREGATIONS:
         yield how, [aggregate(h, how, top_k, assignable) for h in hits]
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from retrieval.catalog import Label
 from retrieval.fusion import Aggregation, Candidate, aggregate
 from retrieval.index import LabelIndex
 from retrieval.lexical import Lexicon, boost
@@ -23,6 +24,7 @@ class Retriever:
         self.subqueries = subqueries
         self.lexical_weight = lexical_weight
         self._lexicon: Lexicon | None = None
+        self._assignable: tuple[Mapping[str, Label], frozenset[str]] | None = None
 
     def describe(self) -> str:
         """The retrieval method in a few words, for run files and caches."""
@@ -40,7 +42,7 @@ class Retriever:
         vectors = self.index.embedder.embed(texts)
         hits = self.index.search(vectors, max(self.neighbours, top_k),
                                  with_vectors=self.subqueries is not None)
-        assignable = {lid for lid, lab in self.index.labels.items() if lab.assignable}
+        assignable = self.assignable()
         if self.subqueries is None:
             shortlists = [aggregate(h, self.aggregation, top_k, assignable) for h in hits]
         else:
@@ -51,14 +53,22 @@ class Retriever:
                           for s, t in zip(shortlists, texts, strict=True)]
         return shortlists
 
-    def _current_lexicon(self) -> Lexicon:
+    def assignable(self) -> frozenset[str]:
+        """Ids of the labels that may be answers (not taxonomy group nodes)."""
+        labels = self.index.labels
         # The index swaps in a new labels dict on every change, so identity tells staleness.
+        if self._assignable is None or self._assignable[0] is not labels:
+            ids = frozenset(lid for lid, lab in labels.items() if lab.assignable)
+            self._assignable = (labels, ids)
+        return self._assignable[1]
+
+    def _current_lexicon(self) -> Lexicon:
         if self._lexicon is None or self._lexicon.source is not self.index.labels:
             self._lexicon = Lexicon(self.index.labels)
         return self._lexicon
 
     def _with_parts(self, texts: Sequence[str], vectors: np.ndarray, hits: list, top_k: int,
-                    assignable: set[str]) -> list[list[Candidate]]:
+                    assignable: frozenset[str]) -> list[list[Candidate]]:
         config = self.subqueries
         assert config is not None
         parts = [segments(text, config) for text in texts]

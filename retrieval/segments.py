@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,7 +90,7 @@ def segments(text: str, config: SubqueryConfig) -> list[str]:
 
 def fuse_parts(whole: Sequence[Hit], parts: Sequence[Sequence[Hit]], query: np.ndarray,
                part_queries: np.ndarray, weight: float, top_k: int,
-               allowed: set[str]) -> list[Candidate]:
+               allowed: Set[str]) -> list[Candidate]:
     """Score each vector found by the text or any part exactly, as weight x similarity to the
     whole text + (1 - weight) x best similarity to a part; a label takes its best vector."""
     pool: dict[tuple[str, str], Hit] = {}
