@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -52,15 +53,19 @@ class SentenceTransformerEmbedder:
         self.name = model
         self.dim = int(self._model.get_embedding_dimension())
         self.batch_size = batch_size
+        # HF fast tokenizers are not thread-safe, and on a few cores parallel calls would not
+        # be faster: one batch at a time, whichever front end calls.
+        self._lock = threading.Lock()
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed a batch; one text is a batch of one."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = self._model.encode(
-            list(texts), batch_size=self.batch_size, normalize_embeddings=True,
-            convert_to_numpy=True, show_progress_bar=False,
-        )
+        with self._lock:
+            vectors = self._model.encode(
+                list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                convert_to_numpy=True, show_progress_bar=False,
+            )
         return vectors.astype(np.float32, copy=False)
 
 

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
-
-import numpy as np
 
 from retrieval.embedder import Embedder
 from retrieval.errors import LabelrankError
@@ -26,22 +23,6 @@ from service.settings import Settings
 
 log = logging.getLogger("labelrank.api")
 LOCK_NAME = "labelrank-serve.lock"
-
-
-class SerialEmbedder:
-    """One embedder shared by threads, one call at a time (HF fast tokenizers are not
-    thread-safe, and on a few cores parallel calls would not be faster anyway)."""
-
-    def __init__(self, inner: Embedder) -> None:
-        self.inner = inner
-        self.name = inner.name
-        self.dim = inner.dim
-        self._lock = threading.Lock()
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed a batch while holding the embedder."""
-        with self._lock:
-            return self.inner.embed(texts)
 
 
 class DirectoryBusyError(LabelrankError):
@@ -83,7 +64,7 @@ class ServiceState:
         self.batchers: dict[str, MicroBatcher[tuple[Pipeline, ClassifyOptions], Outcome]] = {
             "retrieval": MicroBatcher(self._run_micro, size, wait, max_in_flight=2),
             "llm": MicroBatcher(self._run_micro, size, wait, max_in_flight=32)}
-        self._embedder: SerialEmbedder | None = None
+        self._embedder: Embedder | None = None
         self._dir_lock: IO[str] | None = None
         self._client: Any = None
         self._next_check = 0.0
@@ -101,7 +82,7 @@ class ServiceState:
     def load(self) -> None:
         """Build embedder, index and pipeline (blocking: run it in a worker thread)."""
         try:
-            self._embedder = SerialEmbedder(self._load_embedder())
+            self._embedder = self._load_embedder()
             self._install(self._open_index())
         except LabelrankError as exc:
             self.error = f"{exc.code}: {exc.message}"
@@ -133,8 +114,8 @@ class ServiceState:
     async def classify_one(self, pipeline: Pipeline, text: str,
                            options: ClassifyOptions) -> Outcome:
         """One text through the micro-batcher for its path."""
-        llm = options.mode == "llm" or (options.mode == "auto" and pipeline.selector is not None)
-        return await self.batchers["llm" if llm else "retrieval"].submit(text, (pipeline, options))
+        path = pipeline.resolve_mode(options.mode)
+        return await self.batchers[path].submit(text, (pipeline, options))
 
     def run_batch(self, pipeline: Pipeline, texts: Sequence[str], options: ClassifyOptions,
                   source: str) -> list[Outcome]:
