@@ -11,7 +11,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from retrieval.catalog import Label
-from retrieval.errors import InvalidTextError, TextTooLongError
 from retrieval.index import LabelIndex, SyncReport
 from service.api_models import (
     FeedbackIn,
@@ -21,6 +20,7 @@ from service.api_models import (
     LabelIn,
     LabelPatch,
 )
+from service.pipeline import check_text
 
 
 @dataclass
@@ -124,15 +124,12 @@ class LiveLabels:
         with self.lock:
             for label_id in [*confirmed, *rejected]:
                 self.index.get(label_id)
-            added = removed = 0
-            for label_id in confirmed:
-                if text not in self.index.examples(label_id):
-                    self.index.add_examples(label_id, [text])
-                    added += 1
-            for label_id in rejected:
-                if text in self.index.examples(label_id):
-                    self.index.remove_examples(label_id, [text])
-                    removed += 1
+            # A write that changed nothing (text already there, or already absent) reports no
+            # changed label, so no separate look-up of the examples is needed.
+            added = sum(bool(self.index.add_examples(label_id, [text]).changed_ids)
+                        for label_id in confirmed)
+            removed = sum(bool(self.index.remove_examples(label_id, [text]).changed_ids)
+                          for label_id in rejected)
             self._log({"time": time.time(), "text": text, "confirmed": confirmed,
                        "rejected": rejected})
         return FeedbackOut(confirmed=confirmed, rejected=rejected, examples_added=added,
@@ -156,13 +153,8 @@ class LiveLabels:
         cleaned = []
         for text in texts:
             text = text.strip()
-            if not text and keep_empty:
-                raise InvalidTextError("text is empty", field="text")
-            if len(text) > self.max_text_chars:
-                raise TextTooLongError(
-                    f"text has {len(text)} characters; the limit is {self.max_text_chars}",
-                    field="text", limit=self.max_text_chars)
-            if text:
+            if text or keep_empty:
+                check_text(text, self.max_text_chars)
                 cleaned.append(text)
         return cleaned
 

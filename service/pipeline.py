@@ -48,6 +48,15 @@ class ClassifyOptions:
     max_labels: int | None = None
 
 
+def check_text(text: object, max_chars: int) -> None:
+    """Refuse an empty or whitespace-only text, or one longer than `max_chars`."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidTextError("text is empty", field="text")
+    if len(text) > max_chars:
+        raise TextTooLongError(f"text has {len(text)} characters; the limit is {max_chars}",
+                               field="text", limit=max_chars)
+
+
 class Pipeline:
     """Retrieval, then the LLM (or the threshold), for batches of texts."""
 
@@ -112,12 +121,7 @@ class Pipeline:
         return mode
 
     def _check_text(self, text: object) -> None:
-        if not isinstance(text, str) or not text.strip():
-            raise InvalidTextError("text is empty", field="text")
-        if len(text) > self.max_text_chars:
-            raise TextTooLongError(
-                f"text has {len(text)} characters; the limit is {self.max_text_chars}",
-                field="text", limit=self.max_text_chars)
+        check_text(text, self.max_text_chars)
 
     def _with_threshold(self, candidates: list[Candidate], max_labels: int,
                         degraded_reason: str | None = None) -> ClassifyResult:

@@ -261,6 +261,8 @@ def test_feedback_changes_a_later_answer(tmp_path: Path, client: TestClient) -> 
     log = [json.loads(line) for line in (tmp_path / "db" / "feedback.jsonl").read_text()
            .splitlines()]
     assert log[-1]["rejected"] == ["pets.dogs"] and log[-1]["text"] == text
+    again = client.post("/v1/feedback", json={"text": text, "labels": ["pets.exotic"]})
+    assert again.json()["examples_added"] == 0  # already an example: nothing written
 
     undo = client.post("/v1/feedback", json={"text": text, "rejected": ["pets.exotic"]})
     assert undo.json()["examples_removed"] == 1
