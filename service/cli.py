@@ -57,6 +57,7 @@ def classify(
     batch_size: Annotated[int, typer.Option(help="Texts per pipeline batch (stdin).")] = 256,
 ) -> None:
     """Classify texts: one JSON line per input text, in order."""
+    from service.batch import chunks
     from service.factory import build_pipeline
     from service.pipeline import ClassifyOptions
     from service.results import ItemError
@@ -65,7 +66,7 @@ def classify(
     options = ClassifyOptions(mode=_mode(mode), top_k=top_k, max_labels=max_labels)
     source = texts if texts else (line.rstrip("\n") for line in sys.stdin)
     failed = 0
-    for batch in _batches(source, batch_size):
+    for batch in chunks(source, batch_size):
         for outcome in pipeline.classify_batch(batch, options):
             failed += isinstance(outcome, ItemError)
             typer.echo(outcome.model_dump_json(exclude_none=True))
@@ -152,17 +153,6 @@ def _mode(mode: str):
     if mode not in ("auto", "llm", "retrieval"):
         raise typer.BadParameter(f"--mode must be auto, llm or retrieval, not {mode!r}")
     return mode
-
-
-def _batches(items, size: int):
-    batch: list[str] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 @app.command()
