@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from retrieval.errors import LabelrankError
+from service.doctor import doctor_app
 from service.settings import Settings, get_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -121,6 +122,7 @@ def info(db: DbOpt = None) -> None:
 
 llm_app = typer.Typer(help="A local LLM engine for LLM mode without an API key.")
 app.add_typer(llm_app, name="llm")
+app.add_typer(doctor_app, name="doctor")
 
 
 @llm_app.command("serve-local")
