@@ -19,6 +19,7 @@ from tenacity import (
 )
 
 from prompts.answer import InvalidAnswer, answer_schema, parse_answer
+from prompts.breaker import CircuitBreaker
 from prompts.render import Option, RenderedPrompt, render
 from prompts.template import PromptTemplate
 from retrieval.errors import LabelrankError
@@ -97,6 +98,16 @@ def rejects_format(exc: BaseException) -> bool:
     return any(word in message for word in ("response_format", "json_schema", "schema"))
 
 
+# Failures that say something about this request or answer, not about the endpoint's health.
+NOT_ENDPOINT_FAILURES = frozenset({"invalid_answer", "format_rejected", "http_400", "http_413",
+                                   "http_422"})
+
+
+def endpoint_failed(exc: LLMError) -> bool:
+    """Whether an LLM error counts against the endpoint in the circuit breaker."""
+    return exc.reason not in NOT_ENDPOINT_FAILURES
+
+
 def retry_after_s(exc: BaseException | None) -> float | None:
     """Seconds the server asked us to wait (`retry-after-ms` or `Retry-After`), if any."""
     response = getattr(exc, "response", None)
@@ -121,10 +132,12 @@ def retry_after_s(exc: BaseException | None) -> float | None:
 class LLMSelector:
     """Chooses among candidates with any OpenAI-compatible chat endpoint."""
 
-    def __init__(self, client: openai.OpenAI, template: PromptTemplate, config: LLMConfig):
+    def __init__(self, client: openai.OpenAI, template: PromptTemplate, config: LLMConfig,
+                 breaker: CircuitBreaker | None = None):
         self.client = client
         self.template = template
         self.config = config
+        self.breaker = breaker
         self._backoff = wait_exponential_jitter(multiplier=0.5, max=config.max_wait_s)
         self.dialect: ResponseFormat = (DIALECTS[0] if config.response_format == "auto"
                                         else config.response_format)
@@ -164,6 +177,24 @@ class LLMSelector:
         rendered = self.prompt(text, options, max_labels)
         if not rendered.slots:
             return Selection([], Usage(), 0, 0.0)
+        if self.breaker is None:
+            return self._select_any_dialect(rendered, max_labels)
+        if not self.breaker.allow():
+            raise LLMError(f"the LLM endpoint failed {self.breaker.fail_max} calls in a row; "
+                           f"next try in {self.breaker.retry_in_s():.0f} s",
+                           reason="circuit_open", attempts=0)
+        ok = False
+        try:
+            selection = self._select_any_dialect(rendered, max_labels)
+            ok = True
+            return selection
+        except LLMError as exc:
+            ok = not endpoint_failed(exc)
+            raise
+        finally:
+            self.breaker.record(ok)
+
+    def _select_any_dialect(self, rendered: RenderedPrompt, max_labels: int) -> Selection:
         while True:
             try:
                 return self._select(rendered, max_labels)

@@ -172,4 +172,18 @@ class ServiceState:
             self.metrics.labels.set(checks["labels"])  # type: ignore[arg-type]
         checks["ready"] = bool(checks["embedder"] and checks["index"] and checks["labels"])
         self.metrics.ready.set(int(bool(checks["ready"])))
+        if self.pipeline is not None and self.pipeline.selector is not None:
+            checks["llm"] = self._llm_check()
         return checks
+
+    def _llm_check(self) -> dict[str, object]:
+        """The LLM circuit, as detail: retrieval still answers while the LLM is down."""
+        breaker = getattr(self.pipeline.selector, "breaker", None)  # type: ignore[union-attr]
+        if breaker is None:
+            self.metrics.llm_circuit.state("off")
+            return {"circuit": "off", "degraded": False}
+        detail = breaker.describe()
+        state = str(detail.pop("state"))
+        self.metrics.llm_circuit.state(state)
+        self.metrics.llm_circuit_opens.set(breaker.opens)
+        return {"circuit": state, "degraded": state != "closed", **detail}

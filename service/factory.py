@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from prompts.breaker import CircuitBreaker
+from prompts.deadline import DeadlineTransport
 from prompts.selector import LLMConfig, LLMSelector
 from prompts.template import load_prompt
+from retrieval.branches import BranchConfig
 from retrieval.decision import Threshold
 from retrieval.embedder import Embedder, SentenceTransformerEmbedder
 from retrieval.fusion import Aggregation
@@ -33,10 +36,17 @@ def build_index(settings: Settings, embedder: Embedder | None = None) -> LabelIn
     return LabelIndex(client, embedder or build_embedder(settings), name=settings.collection)
 
 
+@lru_cache(maxsize=16)
+def endpoint_breaker(base_url: str | None, fail_max: int, reset_s: float) -> CircuitBreaker:
+    """One breaker per endpoint and process, so a rebuilt pipeline keeps the endpoint's state."""
+    return CircuitBreaker(fail_max, reset_s)
+
+
 def build_selector(settings: Settings) -> LLMSelector | None:
     """The LLM selector, or None when no endpoint is configured."""
     if not settings.llm_configured:
         return None
+    import httpx
     import openai
 
     client = openai.OpenAI(
@@ -44,7 +54,14 @@ def build_selector(settings: Settings) -> LLMSelector | None:
         api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else "unused",
         timeout=settings.llm_timeout_s,
         max_retries=0,  # tenacity in the selector is the only retry layer
+        # The timeout bounds the whole answer, not each read: a trickling server cannot
+        # hold a worker for minutes.
+        http_client=httpx.Client(transport=DeadlineTransport(settings.llm_timeout_s),
+                                 timeout=settings.llm_timeout_s),
     )
+    breaker = (endpoint_breaker(settings.llm_base_url, settings.llm_breaker_failures,
+                                settings.llm_breaker_reset_s)
+               if settings.llm_breaker_failures else None)
     config = LLMConfig(
         model=settings.llm_model, response_format=settings.llm_response_format,
         temperature=settings.llm_temperature, max_answer_tokens=settings.llm_max_answer_tokens,
@@ -52,11 +69,12 @@ def build_selector(settings: Settings) -> LLMSelector | None:
         max_text_tokens=settings.max_text_tokens, max_prompt_tokens=settings.max_prompt_tokens,
         schema_slots=max(settings.top_k, 20),
     )
-    return LLMSelector(client, load_prompt(settings.prompt), config)
+    return LLMSelector(client, load_prompt(settings.prompt), config, breaker)
 
 
 CALIBRATED_FIELDS = ("aggregation", "rrf_k", "max_hits_per_label", "threshold",
-                     "relative_threshold", "max_labels")
+                     "relative_threshold", "max_labels", "retrieval_mode", "branch_depth",
+                     "branches")
 
 
 def effective_settings(settings: Settings, index: LabelIndex) -> Settings:
@@ -77,8 +95,10 @@ def build_pipeline(settings: Settings, index: LabelIndex | None = None) -> Pipel
     subqueries = SubqueryConfig(settings.subqueries, settings.subquery_max_words,
                                 settings.subquery_weight, settings.subquery_neighbours
                                 ) if settings.subqueries else None
+    branching = (BranchConfig(settings.branch_depth, settings.branches)
+                 if settings.retrieval_mode == "branch" else None)
     retriever = Retriever(index, aggregation, settings.neighbours, subqueries,
-                          settings.lexical_weight)
+                          settings.lexical_weight, branching)
     return Pipeline(retriever, threshold,
                     top_k=settings.top_k, selector=build_selector(settings),
                     max_text_chars=settings.max_text_chars,

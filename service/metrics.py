@@ -5,7 +5,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Enum,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.results import ClassifyResult, Outcome
@@ -46,6 +53,12 @@ class Metrics:
                                 ["kind"], registry=r)
         self.labels = Gauge("labelrank_labels", "Labels in the index", registry=r)
         self.ready = Gauge("labelrank_ready", "1 when the service is ready", registry=r)
+        self.llm_circuit = Enum("labelrank_llm_circuit",
+                                "LLM endpoint circuit breaker: closed, open (calls refused, "
+                                "results degrade to retrieval) or half_open (one trial call)",
+                                states=["closed", "open", "half_open", "off"], registry=r)
+        self.llm_circuit_opens = Gauge("labelrank_llm_circuit_opens",
+                                       "Times the LLM circuit breaker has opened", registry=r)
 
     def observe(self, outcomes: Sequence[Outcome], source: str) -> None:
         """Count the results of one pipeline call."""

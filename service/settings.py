@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     subquery_max_words: int = Field(40, ge=1)
     subquery_neighbours: int = Field(20, ge=1, le=500)
     lexical_weight: float = Field(0.0, ge=0, le=1)
+    retrieval_mode: Literal["flat", "branch"] = "flat"
+    branch_depth: int = Field(0, ge=0, le=32)
+    branches: int = Field(3, ge=1, le=100)
 
     # LLM (any OpenAI-compatible endpoint)
     llm_base_url: str | None = Field(
@@ -53,6 +56,8 @@ class Settings(BaseSettings):
     llm_max_attempts: int = Field(4, ge=1)
     llm_max_wait_s: float = Field(20.0, ge=0)
     llm_concurrency: int = Field(8, ge=1)
+    llm_breaker_failures: int = Field(5, ge=0)
+    llm_breaker_reset_s: float = Field(30.0, gt=0)
     llm_temperature: float = 0.0
     llm_max_answer_tokens: int | None = None
     llm_prices: dict[str, tuple[float, float]] = Field(default_factory=lambda: {

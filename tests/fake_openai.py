@@ -42,6 +42,7 @@ class Reply:
     delay_s: float = 0.0
     drop_connection: bool = False
     usage: tuple[int, int] | None = None
+    trickle_s: float = 0.0  # spread the body over this many seconds, a few bytes at a time
 
     @classmethod
     def labels(cls, *slot_ids: str, **kw: Any) -> Reply:
@@ -74,6 +75,20 @@ class Reply:
     def disconnect(cls) -> Reply:
         """Close the connection without sending any HTTP response."""
         return cls(drop_connection=True)
+
+    @classmethod
+    def empty_choice(cls) -> Reply:
+        """A 200 chat.completion whose `choices` list is empty."""
+        body = {"id": "chatcmpl-fake-empty", "object": "chat.completion", "created": 0,
+                "model": FAKE_MODEL, "choices": [],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 0, "total_tokens": 1}}
+        return cls(body=json.dumps(body).encode())
+
+    @classmethod
+    def slow_stream(cls, seconds: float, *slot_ids: str) -> Reply:
+        """A normal answer whose body trickles in over `seconds`: each read is quick, the
+        whole is slow (a per-read timeout never fires)."""
+        return cls.labels(*slot_ids, trickle_s=seconds)
 
 
 Responder = Callable[[dict[str, Any]], Reply]
@@ -159,7 +174,27 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send_reply(self, reply: Reply) -> None:
         """Write a scripted Reply as an HTTP response."""
+        if reply.trickle_s > 0:
+            self._trickle(reply)
+            return
         self._send(reply.status, reply.body or b"", reply.headers)
+
+    def _trickle(self, reply: Reply, pieces: int = 20) -> None:
+        """Write the headers at once, then the body in `pieces` spread over `trickle_s`."""
+        body = reply.body or b""
+        self.send_response(reply.status)
+        for name, value in {"Content-Type": "application/json", **reply.headers}.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.flush()
+        step = max(1, -(-len(body) // pieces))
+        for start in range(0, len(body), step):
+            if self.server.fake._stopping.wait(reply.trickle_s / pieces):
+                self.close_connection = True
+                return
+            self.wfile.write(body[start:start + step])
+            self.wfile.flush()
 
     def do_GET(self) -> None:
         """Serve /v1/models; everything else is 404."""
@@ -199,6 +234,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status=reply.status,
                 body=fake._completion_body(payload, reply),
                 headers=reply.headers,
+                trickle_s=reply.trickle_s,
             )
         self._send_reply(reply)
 
@@ -349,3 +385,40 @@ class FakeOpenAI:
             },
         }
         return json.dumps(data).encode()
+
+
+def faults(hang_s: float = 3.0) -> dict[str, Reply]:
+    """One scripted reply per kind of LLM fault, by name."""
+    return {
+        "429_retry_after": Reply.error(429, retry_after=0.05),
+        "429": Reply.error(429),
+        "500": Reply.error(500),
+        "502": Reply.error(502),
+        "503": Reply.error(503),
+        "hang": Reply.hang(hang_s),
+        "disconnect": Reply.disconnect(),
+        "invalid_json": Reply.garbage(),
+        "schema_violation": Reply(content=json.dumps({"labels": "C01", "extra": True})),
+        "ids_outside": Reply.labels("C99", "X1", "not.a.label"),
+        "duplicate_ids": Reply.labels("C01", "C01", "C01"),
+        "too_many": Reply.labels(*(f"C{i:02d}" for i in range(1, 50))),
+        "empty_choice": Reply.empty_choice(),
+        "slow_stream": Reply.slow_stream(hang_s, "C01"),
+    }
+
+
+def with_faults(answer: Reply | Responder, rate: float, seed: int = 0,
+                hang_s: float = 3.0) -> Responder:
+    """Answer like `answer`, except that a share `rate` of requests get a random fault."""
+    import random
+
+    rng, choices, lock = random.Random(seed), list(faults(hang_s).values()), threading.Lock()
+
+    def respond(payload: dict[str, Any]) -> Reply:
+        with lock:
+            fault = rng.choice(choices) if rng.random() < rate else None
+        if fault is not None:
+            return fault
+        return answer(payload) if callable(answer) else answer
+
+    return respond
