@@ -63,6 +63,10 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _digest(ids: frozenset[str] | None) -> str | None:
+    return None if ids is None else hashlib.sha256("\x1f".join(sorted(ids)).encode()).hexdigest()
+
+
 class CachedRetriever:
     """A Retriever whose shortlists are remembered per (text, index fingerprint, settings)."""
 
@@ -82,14 +86,16 @@ class CachedRetriever:
         """The wrapped retriever's method."""
         return self.inner.describe()
 
-    def candidates(self, texts: Sequence[str], top_k: int) -> list[list[Candidate]]:
+    def candidates(self, texts: Sequence[str], top_k: int,
+                   within: frozenset[str] | None = None) -> list[list[Candidate]]:
         """Cached shortlists; only the misses go through the embedder and Chroma."""
         scope = (self.index.fingerprint(), self.inner.describe(), retrieval_code_hash(),
-                 self.inner.neighbours, top_k)
+                 self.inner.neighbours, top_k, _digest(within))
         keys = [_key("retrieval", scope, text) for text in texts]
         found = self.store.get_many(keys)
         missing = [i for i, key in enumerate(keys) if key not in found]
-        fresh = self.inner.candidates([texts[i] for i in missing], top_k) if missing else []
+        fresh = (self.inner.candidates([texts[i] for i in missing], top_k, within)
+                 if missing else [])
         new = {keys[i]: json.dumps([asdict(c) for c in cands])
                for i, cands in zip(missing, fresh, strict=True)}
         self.store.put_many(new)

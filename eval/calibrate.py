@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
@@ -10,8 +10,10 @@ import numpy as np
 
 from eval.datasets import Dataset, refuse_test_split
 from eval.metrics import is_single_label
+from retrieval.branches import BranchConfig, within_branches
 from retrieval.decision import Threshold
 from retrieval.fusion import Aggregation, Candidate, aggregate
+from retrieval.taxonomy import taxonomy_of
 from service.pipeline import Pipeline
 
 AGGREGATIONS = [Aggregation("max", 0, None)] + [
@@ -19,7 +21,8 @@ AGGREGATIONS = [Aggregation("max", 0, None)] + [
 SIMILARITIES = [round(float(x), 3) for x in np.arange(0.10, 0.901, 0.02)]
 RELATIVES = (0.0, 0.25, 0.5, 0.75, 0.9)
 METRICS = ("f1_samples", "jaccard", "accuracy", "f1_micro", "candidate_recall")
-
+BRANCH_COUNTS = (1, 2, 3, 5)
+MAX_BRANCH_DEPTH = 3
 
 
 @dataclass(frozen=True)
@@ -31,14 +34,23 @@ class Calibration:
     metric: str
     value: float
     candidate_recall: float
+    branching: BranchConfig | None = None
+
+    def describe(self) -> str:
+        """The retrieval variant, e.g. `rrf(k=1,m=3)+branch(d=0,b=2,w=4)`."""
+        method = self.aggregation.describe()
+        return f"{method}+{self.branching.describe()}" if self.branching else method
 
     def settings(self) -> dict[str, object]:
         """As Settings fields, the form saved beside the index."""
         agg = self.aggregation
+        branch = self.branching or BranchConfig()
         return {"aggregation": agg.method, "rrf_k": agg.k, "max_hits_per_label": agg.max_hits or 0,
                 "threshold": self.threshold.min_similarity,
                 "relative_threshold": self.threshold.relative,
-                "max_labels": self.threshold.max_labels}
+                "max_labels": self.threshold.max_labels,
+                "retrieval_mode": "branch" if self.branching else "flat",
+                "branch_depth": branch.depth, "branches": branch.branches}
 
 
 class Shortlists:
@@ -105,7 +117,8 @@ def candidate_recall(shortlists: Sequence[Sequence[Candidate]],
 
 def calibrate(pipeline: Pipeline, dataset: Dataset, metric: str = "auto",
               top_k: int | None = None) -> tuple[Calibration, list[Calibration]]:
-    """Search every aggregation and threshold; return the best and the best per aggregation."""
+    """Search every aggregation and threshold, then flat against branch retrieval with the best
+    aggregation; return the best and the best per variant (flat wins ties)."""
     refuse_test_split(dataset.path)
     gold = [list(ex.labels) for ex in dataset.examples]
     if metric == "auto":
@@ -116,29 +129,42 @@ def calibrate(pipeline: Pipeline, dataset: Dataset, metric: str = "auto",
     widest = max((len(g) for g in gold), default=1)
     max_labels_grid = sorted({1, 2, 3, 5, min(widest, 10)} if widest > 1 else {1})
     select_by = "f1_samples" if metric == "candidate_recall" else metric
-    results = []
-    for how, shortlists in _shortlists(pipeline, dataset, top_k):
+
+    def scored(how: Aggregation, shortlists: list[list[Candidate]],
+               branching: BranchConfig | None = None) -> Calibration:
         rule, value = best_threshold(Shortlists(shortlists, gold), select_by, max_labels_grid)
         recall = candidate_recall(shortlists, gold)
-        results.append(Calibration(how, rule, metric,
-                                   recall if metric == "candidate_recall" else value, recall))
-    best = max(results, key=lambda c: (c.value, c.candidate_recall))
-    return best, results
+        return Calibration(how, rule, metric, recall if metric == "candidate_recall" else value,
+                           recall, branching)
 
-
-def _shortlists(pipeline: Pipeline, dataset: Dataset,
-                top_k: int) -> Iterator[tuple[Aggregation, list[list[Candidate]]]]:
-    """Shortlists per aggregation from one search; sub-query retrieval has only its own."""
     texts = [ex.text for ex in dataset.examples]
     retriever = pipeline.retriever
-    if getattr(retriever, "subqueries", None):
-        yield retriever.aggregation, retriever.candidates(texts, top_k)  # type: ignore[attr-defined]
-        return
+    if getattr(retriever, "subqueries", None):  # sub-query retrieval has only its own scoring
+        only = scored(retriever.aggregation,  # type: ignore[attr-defined]
+                      retriever.candidates(texts, top_k))
+        return only, [only]
+    flat_depth = max(retriever.neighbours, top_k)  # type: ignore[attr-defined]
+    widen = BranchConfig().widen
     index = pipeline.index
-    hits = index.search(index.embedder.embed(texts), max(retriever.neighbours, top_k))  # type: ignore[attr-defined]
+    # One search deep enough for branch mode; its first `flat_depth` hits are exactly flat's.
+    hits = index.search(index.embedder.embed(texts), flat_depth * widen)
     assignable = retriever.assignable()  # type: ignore[attr-defined]
-    for how in AGGREGATIONS:
-        yield how, [aggregate(h, how, top_k, assignable) for h in hits]
+    results = [scored(how, [aggregate(h[:flat_depth], how, top_k, assignable) for h in hits])
+               for how in AGGREGATIONS]
+    best = max(results, key=lambda c: (c.value, c.candidate_recall))
+    taxonomy = taxonomy_of(index.labels)
+    depths = range(min(taxonomy.max_depth(), MAX_BRANCH_DEPTH))
+    if depths:
+        pools = [aggregate(h, best.aggregation, top_k * widen, assignable) for h in hits]
+        for depth in depths:
+            for count in BRANCH_COUNTS:
+                config = BranchConfig(depth, count, widen)
+                cal = scored(best.aggregation,
+                             [within_branches(p, taxonomy, config, top_k) for p in pools], config)
+                results.append(cal)
+                if cal.value > best.value + 1e-9:
+                    best = cal
+    return best, results
 
 
 def calibration_record(best: Calibration, dataset: Dataset) -> dict:
@@ -148,4 +174,5 @@ def calibration_record(best: Calibration, dataset: Dataset) -> dict:
             "dataset": {"name": dataset.name, "sha256": dataset.sha256,
                         "n": len(dataset.examples)},
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "aggregation": asdict(best.aggregation)}
+            "aggregation": asdict(best.aggregation),
+            "branching": asdict(best.branching) if best.branching else None}

@@ -79,11 +79,11 @@ def calibrate(
     pipeline = build_pipeline(settings_from(db))
     data = load_dataset(dataset, half=half)
     best, per_aggregation = run_calibration(pipeline, data, metric, top_k)
-    typer.echo(f"{'aggregation':<20}{best.metric:>18}{'cand. recall':>14}  threshold")
+    typer.echo(f"{'retrieval':<34}{best.metric:>18}{'cand. recall':>14}  threshold")
     for cal in per_aggregation:
         mark = " <-" if cal is best else ""
         rule = cal.threshold
-        typer.echo(f"{cal.aggregation.describe():<20}{cal.value:>18.4f}{cal.candidate_recall:>14.4f}"
+        typer.echo(f"{cal.describe():<34}{cal.value:>18.4f}{cal.candidate_recall:>14.4f}"
                    f"  sim>={rule.min_similarity:.2f} rel>={rule.relative:.2f} "
                    f"max={rule.max_labels}{mark}")
     if not dry_run:

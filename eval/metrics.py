@@ -2,9 +2,9 @@
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-__all__ = ["evaluate", "is_single_label", "per_label", "recall_curve"]
+__all__ = ["cross_branch", "evaluate", "is_single_label", "per_label", "recall_curve"]
 
 Labels = Sequence[str]
 
@@ -129,14 +129,28 @@ def _sample_scores(g: set[str], p: set[str]) -> tuple[float, float, float, float
     return precision, recall, _f1(precision, recall), inter / len(g | p)
 
 
+def cross_branch(gold: Sequence[set[str]], predicted: Sequence[set[str]],
+                 branches: Mapping[str, str]) -> dict[str, float]:
+    """Texts whose gold labels lie in more than one branch, and the share of them whose gold
+    labels were all predicted (a label missing from `branches` is its own branch)."""
+    spanning = [(g, p) for g, p in zip(gold, predicted, strict=True)
+                if len({branches.get(label, label) for label in g}) > 1]
+    if not spanning:
+        return {"n_multi_branch": 0}
+    return {"n_multi_branch": len(spanning),
+            "multi_branch_recovered": _mean(float(g <= p) for g, p in spanning)}
+
+
 def evaluate(
     gold: Sequence[Labels],
     predicted: Sequence[Labels],
     ranked: Sequence[Labels],
     ks: Sequence[int] = (1, 5, 10),
     candidate_k: int | None = None,
+    branches: Mapping[str, str] | None = None,
 ) -> dict[str, float]:
-    """All harness metrics for one run; see docs/metrics.md for definitions."""
+    """All harness metrics for one run; see docs/metrics.md for definitions. `branches` maps a
+    label id to its branch (its root ancestor) for the cross-branch metrics."""
     n = _check_lengths(gold=gold, predicted=predicted, ranked=ranked)
     if any(k < 1 for k in ks):
         raise ValueError(f"every k in ks must be >= 1, got {list(ks)}")
@@ -179,6 +193,9 @@ def evaluate(
         out["n_pred_none"] = n_pred_none
         out["none_precision"] = _ratio(both_none, n_pred_none)
         out["none_recall"] = _ratio(both_none, n_none)
+
+    if branches is not None:
+        out.update(cross_branch(golds, pred_sets, branches))
 
     if is_single_label(gold):
         correct = [(bool(g), set(p[:1]) == g) for g, p in zip(golds, preds, strict=True)]

@@ -15,6 +15,7 @@ from eval.cache import CachedRetriever, CachedSelector, Store
 from eval.datasets import Dataset
 from eval.metrics import evaluate, is_single_label
 from prompts.selector import LLMSelector
+from retrieval.taxonomy import taxonomy_of
 from service.factory import build_pipeline, effective_settings
 from service.pipeline import ClassifyOptions, Mode, Pipeline
 from service.pricing import token_cost
@@ -109,7 +110,9 @@ def _record(settings: Settings, dataset: Dataset, config: EvalConfig, pipeline: 
         ranked.append(cands)
         rows.append(row)
     top_k = config.top_k or settings.top_k
-    metrics = evaluate(gold, predicted, ranked, ks=KS, candidate_k=top_k)
+    taxonomy = taxonomy_of(pipeline.index.labels)
+    branches = {label: taxonomy.branch(label, 0) for g in gold for label in g}
+    metrics = evaluate(gold, predicted, ranked, ks=KS, candidate_k=top_k, branches=branches)
     selector = pipeline.selector
     template = getattr(getattr(selector, "inner", selector), "template", None)
     return {

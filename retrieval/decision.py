@@ -27,9 +27,13 @@ def choose(candidates: Sequence[Candidate], rule: Threshold) -> list[Candidate]:
     return chosen[: rule.max_labels]
 
 
-def why_none(candidates: Sequence[Candidate], rule: Threshold) -> str:
-    """Explain an empty retrieval-only answer."""
+def why_none(candidates: Sequence[Candidate], rule: Threshold) -> tuple[str, str]:
+    """Explain an empty retrieval-only answer: a stable code and a sentence."""
     if not candidates:
-        return "no candidates were retrieved"
+        return "no_candidates", "no candidates were retrieved"
     best = max(c.similarity for c in candidates)
-    return f"best candidate similarity {best:.3f} is below the threshold {rule.min_similarity:.3f}"
+    if best < rule.min_similarity:
+        return "below_threshold", (f"best candidate similarity {best:.3f} is below the "
+                                   f"threshold {rule.min_similarity:.3f}")
+    return "below_threshold", (f"no candidate has both similarity >= {rule.min_similarity:.3f} "
+                               f"and a score >= {rule.relative:.2f} x the top score")

@@ -6,23 +6,30 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from retrieval.branches import BranchConfig, within_branches
 from retrieval.catalog import Label
 from retrieval.fusion import Aggregation, Candidate, aggregate
 from retrieval.index import LabelIndex
 from retrieval.lexical import Lexicon, boost
 from retrieval.segments import SubqueryConfig, fuse_parts, segments
+from retrieval.taxonomy import taxonomy_of
+
+# A filtered request searches deeper, in proportion to how much the filter removes, up to this.
+MAX_WIDEN = 20
 
 
 class Retriever:
     """Shortlists assignable labels for a batch of texts."""
 
     def __init__(self, index: LabelIndex, aggregation: Aggregation, neighbours: int = 100,
-                 subqueries: SubqueryConfig | None = None, lexical_weight: float = 0.0) -> None:
+                 subqueries: SubqueryConfig | None = None, lexical_weight: float = 0.0,
+                 branching: BranchConfig | None = None) -> None:
         self.index = index
         self.aggregation = aggregation
         self.neighbours = neighbours
         self.subqueries = subqueries
         self.lexical_weight = lexical_weight
+        self.branching = branching
         self._lexicon: Lexicon | None = None
         self._assignable: tuple[Mapping[str, Label], frozenset[str]] | None = None
 
@@ -33,24 +40,37 @@ class Retriever:
             sub = self.subqueries
             method = (f"subqueries(n<={sub.max_ngram},w={sub.weight:g},"
                       f"words<={sub.max_words},nn={sub.neighbours})")
-        return f"{method}+lexical({self.lexical_weight:g})" if self.lexical_weight else method
+        if self.lexical_weight:
+            method = f"{method}+lexical({self.lexical_weight:g})"
+        return f"{method}+{self.branching.describe()}" if self.branching else method
 
-    def candidates(self, texts: Sequence[str], top_k: int) -> list[list[Candidate]]:
-        """The `top_k` candidates of each text, best first."""
+    def candidates(self, texts: Sequence[str], top_k: int,
+                   within: frozenset[str] | None = None) -> list[list[Candidate]]:
+        """The `top_k` candidates of each text, best first (only labels in `within`, if given)."""
         if not texts:
             return []
-        vectors = self.index.embedder.embed(texts)
-        hits = self.index.search(vectors, max(self.neighbours, top_k),
-                                 with_vectors=self.subqueries is not None)
         assignable = self.assignable()
+        allowed = assignable if within is None else assignable & within
+        if not allowed:
+            return [[] for _ in texts]
+        widen = self.branching.widen if self.branching else 1
+        pool_k = top_k * widen
+        depth = max(self.neighbours, top_k) * widen
+        if within is not None:  # the filter drops most hits: look further to keep enough
+            depth *= min(MAX_WIDEN, -(-len(assignable) // len(allowed)))
+        vectors = self.index.embedder.embed(texts)
+        hits = self.index.search(vectors, depth, with_vectors=self.subqueries is not None)
         if self.subqueries is None:
-            shortlists = [aggregate(h, self.aggregation, top_k, assignable) for h in hits]
+            shortlists = [aggregate(h, self.aggregation, pool_k, allowed) for h in hits]
         else:
-            shortlists = self._with_parts(texts, vectors, hits, top_k, assignable)
+            shortlists = self._with_parts(texts, vectors, hits, pool_k, allowed)
         if self.lexical_weight:
             lexicon = self._current_lexicon()
-            shortlists = [boost(s, lexicon.matches(t), self.lexical_weight, top_k)
+            shortlists = [boost(s, lexicon.matches(t) & allowed, self.lexical_weight, pool_k)
                           for s, t in zip(shortlists, texts, strict=True)]
+        if self.branching:
+            taxonomy = taxonomy_of(self.index.labels)
+            return [within_branches(s, taxonomy, self.branching, top_k) for s in shortlists]
         return shortlists
 
     def assignable(self) -> frozenset[str]:

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from retrieval.embedder import Embedder
+from retrieval.taxonomy import taxonomy_of
 from service.api_errors import error_of, install_error_handlers
 from service.api_models import (
     LABEL_ID_PATTERN,
@@ -94,7 +95,8 @@ health = APIRouter(tags=["health"])
 
 
 def _options(body: ClassifyOptionsIn) -> ClassifyOptions:
-    return ClassifyOptions(mode=body.mode, top_k=body.top_k, max_labels=body.max_labels)
+    return ClassifyOptions(mode=body.mode, top_k=body.top_k, max_labels=body.max_labels,
+                           subtree=body.subtree)
 
 
 def _raise_item(outcome: Outcome) -> ClassifyResult:
@@ -126,11 +128,15 @@ async def classify_batch(body: BatchRequest, state: StateDep, pipeline: Pipeline
 
 @read.get("/v1/labels", response_model=LabelPage, tags=["labels"])
 async def list_labels(pipeline: PipelineDep, query: Annotated[LabelQuery, Query()]) -> Any:
-    """List labels sorted by id, one page at a time, optionally filtered."""
+    """List labels sorted by id, one page at a time, optionally filtered (by parent, subtree
+    or id prefix; an unknown subtree is a 404 `unknown_subtree`)."""
     items, total = await anyio.to_thread.run_sync(page, pipeline.index, query.parent,
-                                                  query.prefix, query.offset, query.limit)
+                                                  query.prefix, query.offset, query.limit,
+                                                  query.subtree)
     more = query.offset + len(items) < total
-    return LabelPage(items=[LabelOut.of(lab) for lab in items], total=total,
+    taxonomy = taxonomy_of(pipeline.index.labels)
+    return LabelPage(items=[LabelOut.of(lab, taxonomy.path(lab.id)) for lab in items],
+                     total=total,
                      offset=query.offset, limit=query.limit,
                      next_offset=query.offset + len(items) if more else None)
 
@@ -208,7 +214,9 @@ async def readyz(state: StateDep) -> Any:
 
 def _detail(labels: LiveLabels, label_id: str) -> LabelDetail:
     label = labels.index.get(label_id)
-    return LabelDetail(**LabelOut.of(label).model_dump(), examples=labels.index.examples(label_id),
+    path = taxonomy_of(labels.index.labels).path(label_id)
+    return LabelDetail(**LabelOut.of(label, path).model_dump(),
+                       examples=labels.index.examples(label_id),
                        children=sorted(labels.index.children(label_id)))
 
 

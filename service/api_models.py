@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
@@ -71,6 +72,8 @@ class ClassifyOptionsIn(_Strict):
     mode: Mode = Field("auto", description="auto uses the LLM when one is configured")
     top_k: int | None = Field(None, ge=1, le=200, description="Candidates per text")
     max_labels: int | None = Field(None, ge=1, le=100, description="Most labels per text")
+    subtree: str | None = Field(None, min_length=1, max_length=256,
+                                description="Only labels at or below this label id")
 
 
 class ClassifyRequest(ClassifyOptionsIn):
@@ -120,12 +123,14 @@ class LabelOut(BaseModel):
     aliases: list[str] = []
     parent: str | None = None
     assignable: bool = True
+    path: list[str] = Field([], description="Ancestor ids, root first")
 
     @classmethod
-    def of(cls, label: Label) -> LabelOut:
-        """From an index label."""
+    def of(cls, label: Label, path: Sequence[str] = ()) -> LabelOut:
+        """From an index label and its ancestor ids."""
         return cls(id=label.id, name=label.name, description=label.description,
-                   aliases=list(label.aliases), parent=label.parent, assignable=label.assignable)
+                   aliases=list(label.aliases), parent=label.parent, assignable=label.assignable,
+                   path=list(path))
 
 
 class LabelDetail(LabelOut):
@@ -139,6 +144,8 @@ class LabelQuery(_Strict):
     """Filters and paging of the label list (unknown parameters are refused)."""
 
     parent: str | None = Field(None, description="Only children of this id; empty: top level")
+    subtree: str | None = Field(None, min_length=1,
+                                description="Only this label and every label below it")
     prefix: str | None = Field(None, description="Only ids that start with this")
     offset: int = Field(0, ge=0, le=10**9)
     limit: int = Field(100, ge=1, le=1000)

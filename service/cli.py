@@ -56,6 +56,8 @@ def classify(
     top_k: TopKOpt = None,
     max_labels: MaxLabelsOpt = None,
     batch_size: Annotated[int, typer.Option(help="Texts per pipeline batch (stdin).")] = 256,
+    subtree: Annotated[str | None, typer.Option(
+        help="Only labels at or below this label id.")] = None,
 ) -> None:
     """Classify texts: one JSON line per input text, in order."""
     from service.batch import chunks
@@ -64,7 +66,8 @@ def classify(
     from service.results import ItemError
 
     pipeline = build_pipeline(settings_from(db))
-    options = ClassifyOptions(mode=_mode(mode), top_k=top_k, max_labels=max_labels)
+    options = ClassifyOptions(mode=_mode(mode), top_k=top_k, max_labels=max_labels,
+                              subtree=subtree)
     source = texts if texts else (line.rstrip("\n") for line in sys.stdin)
     failed = 0
     for batch in chunks(source, batch_size):

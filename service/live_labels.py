@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from retrieval.catalog import Label
 from retrieval.index import LabelIndex, SyncReport
+from retrieval.taxonomy import taxonomy_of
 from service.api_models import (
     FeedbackIn,
     FeedbackOut,
@@ -33,9 +33,14 @@ class Written:
 
 
 def page(index: LabelIndex, parent: str | None, prefix: str | None, offset: int,
-         limit: int) -> tuple[list[Label], int]:
-    """Labels sorted by id, filtered by parent (empty string: top level) and id prefix."""
-    labels: Iterable[Label] = index.labels.values()
+         limit: int, subtree: str | None = None) -> tuple[list[Label], int]:
+    """Labels sorted by id, filtered by parent (empty string: top level), subtree (the label
+    and all its descendants) and id prefix."""
+    snapshot = index.labels
+    labels: Iterable[Label] = snapshot.values()
+    if subtree is not None:
+        within = taxonomy_of(snapshot).subtree(subtree)
+        labels = (lab for lab in labels if lab.id in within)
     if parent is not None:
         labels = (lab for lab in labels if (lab.parent or "") == parent)
     if prefix:
@@ -46,18 +51,7 @@ def page(index: LabelIndex, parent: str | None, prefix: str | None, offset: int,
 
 def descendants(index: LabelIndex, label_id: str) -> list[str]:
     """Every label below `label_id`, nearest first."""
-    children: dict[str, list[str]] = {}
-    for lab in index.labels.values():
-        if lab.parent is not None:
-            children.setdefault(lab.parent, []).append(lab.id)
-    found: dict[str, None] = {}
-    queue = deque(children.get(label_id, []))
-    while queue:
-        current = queue.popleft()
-        if current != label_id and current not in found:
-            found[current] = None
-            queue.extend(children.get(current, []))
-    return list(found)
+    return taxonomy_of(index.labels).descendants(label_id)
 
 
 class LiveLabels:

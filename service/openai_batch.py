@@ -57,8 +57,9 @@ class _Recorder:
     def index(self) -> LabelIndex:
         return self.inner.index
 
-    def candidates(self, texts: Sequence[str], top_k: int) -> list[list[Candidate]]:
-        self.last = self.inner.candidates(texts, top_k)
+    def candidates(self, texts: Sequence[str], top_k: int,
+                   within: frozenset[str] | None = None) -> list[list[Candidate]]:
+        self.last = self.inner.candidates(texts, top_k, within)
         return self.last
 
 

@@ -15,7 +15,8 @@ from retrieval.decision import Threshold, choose, why_none
 from retrieval.errors import InvalidTextError, LabelrankError, TextTooLongError
 from retrieval.fusion import Candidate
 from retrieval.index import LabelIndex
-from service.results import ClassifyResult, ItemError, LabelScore, Outcome, Usage
+from retrieval.taxonomy import taxonomy_of
+from service.results import ClassifyResult, ItemError, LabelScore, NoneReason, Outcome, Usage
 
 Mode = Literal["auto", "llm", "retrieval"]
 
@@ -25,7 +26,8 @@ class CandidateSource(Protocol):
 
     index: LabelIndex
 
-    def candidates(self, texts: Sequence[str], top_k: int) -> list[list[Candidate]]: ...
+    def candidates(self, texts: Sequence[str], top_k: int,
+                   within: frozenset[str] | None = None) -> list[list[Candidate]]: ...
 
 
 class Selector(Protocol):
@@ -46,6 +48,7 @@ class ClassifyOptions:
     mode: Mode = "auto"
     top_k: int | None = None
     max_labels: int | None = None
+    subtree: str | None = None  # only labels at or below this id
 
 
 def check_text(text: object, max_chars: int) -> None:
@@ -89,6 +92,7 @@ class Pipeline:
         mode = self.resolve_mode(options.mode)
         top_k = options.top_k or self.top_k
         max_labels = options.max_labels or self.threshold.max_labels
+        within = self._within(options.subtree)
         outcomes: list[Outcome | None] = [None] * len(texts)
         valid: list[int] = []
         for position, text in enumerate(texts):
@@ -98,14 +102,18 @@ class Pipeline:
             except LabelrankError as exc:
                 outcomes[position] = ItemError(error=exc.to_dict())
         started = time.perf_counter()
-        shortlists = self.retriever.candidates([texts[i] for i in valid], top_k)
+        batch = [texts[i] for i in valid]
+        shortlists = (self.retriever.candidates(batch, top_k) if within is None
+                      else self.retriever.candidates(batch, top_k, within=within))
         retrieval_ms = (time.perf_counter() - started) * 1000 / max(len(valid), 1)
         if mode == "llm":
             chosen = self._pool.map(
-                lambda args: self._with_llm(*args, max_labels=max_labels),
+                lambda args: self._with_llm(*args, max_labels=max_labels,
+                                            subtree=options.subtree),
                 [(texts[i], cands) for i, cands in zip(valid, shortlists, strict=True)])
         else:
-            chosen = (self._with_threshold(c, max_labels) for c in shortlists)
+            chosen = (self._with_threshold(c, max_labels, subtree=options.subtree)
+                      for c in shortlists)
         for position, result in zip(valid, chosen, strict=True):
             result.latency_ms = round(result.latency_ms + retrieval_ms, 2)
             outcomes[position] = result
@@ -123,23 +131,39 @@ class Pipeline:
     def _check_text(self, text: object) -> None:
         check_text(text, self.max_text_chars)
 
+    def _within(self, subtree: str | None) -> frozenset[str] | None:
+        """The label ids a subtree restriction allows; UnknownSubtreeError for an unknown id."""
+        return None if subtree is None else taxonomy_of(self.index.labels).subtree(subtree)
+
     def _with_threshold(self, candidates: list[Candidate], max_labels: int,
-                        degraded_reason: str | None = None) -> ClassifyResult:
+                        degraded_reason: str | None = None,
+                        subtree: str | None = None) -> ClassifyResult:
         rule = Threshold(self.threshold.min_similarity, self.threshold.relative, max_labels)
         chosen = choose(candidates, rule)
-        reason = degraded_reason or (None if chosen else why_none(candidates, rule))
+        none_reason: NoneReason | None = None
+        reason = degraded_reason
+        if not chosen:
+            none_reason, why = _subtree_empty(subtree) if not candidates and subtree \
+                else why_none(candidates, rule)
+            reason = reason or why
         return ClassifyResult(labels=self._scores(chosen), candidates=self._scores(candidates),
                               mode="retrieval", degraded=degraded_reason is not None,
-                              reason=reason)
+                              reason=reason, none_reason=none_reason)
 
-    def _with_llm(self, text: str, candidates: list[Candidate], max_labels: int) -> ClassifyResult:
+    def _with_llm(self, text: str, candidates: list[Candidate], max_labels: int,
+                  subtree: str | None = None) -> ClassifyResult:
         labels = self.index.labels  # one snapshot: a label deleted meanwhile is simply skipped
         candidates = [c for c in candidates if c.label_id in labels]
+        if not candidates:  # nothing to choose from: no call
+            none_reason, why = _subtree_empty(subtree) if subtree else why_none([], self.threshold)
+            return ClassifyResult(labels=[], candidates=[], mode="llm", reason=why,
+                                  none_reason=none_reason)
         try:
             selection = self.selector.select(text, self._options(candidates, labels), max_labels)  # type: ignore[union-attr]
         except LLMError as exc:
             fallback = self._with_threshold(candidates, max_labels,
-                                            degraded_reason=f"llm_failed: {exc.reason}")
+                                            degraded_reason=f"llm_failed: {exc.reason}",
+                                            subtree=subtree)
             fallback.llm_attempts = exc.attempts
             return fallback
         by_id = {c.label_id: c for c in candidates}
@@ -147,6 +171,7 @@ class Pipeline:
         return ClassifyResult(
             labels=self._scores(chosen), candidates=self._scores(candidates), mode="llm",
             reason=None if chosen else "the LLM chose none of the candidates",
+            none_reason=None if chosen else "llm_rejected_all",
             usage=Usage(prompt_tokens=selection.usage.prompt_tokens,
                         completion_tokens=selection.usage.completion_tokens),
             dropped_ids=selection.dropped_ids, llm_attempts=selection.attempts,
@@ -156,18 +181,20 @@ class Pipeline:
     def _options(self, candidates: list[Candidate],
                  labels: Mapping[str, Label] | None = None) -> list[Option]:
         labels = self.index.labels if labels is None else labels
+        taxonomy = taxonomy_of(labels)
         return [Option(c.label_id, labels[c.label_id].name, labels[c.label_id].description,
-                       tuple(a.name for a in self._path(labels[c.label_id], labels)), c.evidence)
+                       tuple(labels[a].name for a in (*taxonomy.path(c.label_id), c.label_id)),
+                       c.evidence)
                 for c in candidates]
-
-    def _path(self, label: Label, labels: Mapping[str, Label]) -> list[Label]:
-        chain = [label]
-        while chain[-1].parent in labels and len(chain) < 32:
-            chain.append(labels[chain[-1].parent])  # type: ignore[index]
-        return chain[::-1]
 
     def _scores(self, candidates: Sequence[Candidate]) -> list[LabelScore]:
         labels = self.index.labels
+        taxonomy = taxonomy_of(labels)
         return [LabelScore(id=c.label_id, name=labels[c.label_id].name,
-                           score=round(c.score, 6), similarity=round(c.similarity, 6))
+                           score=round(c.score, 6), similarity=round(c.similarity, 6),
+                           path=list(taxonomy.path(c.label_id)) or None)
                 for c in candidates if c.label_id in labels]
+
+
+def _subtree_empty(subtree: str | None) -> tuple[NoneReason, str]:
+    return "subtree_empty", f"no label below {subtree!r} was among the nearest neighbours"

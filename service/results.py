@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+NoneReason = Literal["no_candidates", "below_threshold", "llm_rejected_all", "subtree_empty"]
+
 
 class LabelScore(BaseModel):
     """A label with the retrieval score that ranked it."""
@@ -14,6 +16,7 @@ class LabelScore(BaseModel):
     name: str
     score: float
     similarity: float | None = None
+    path: list[str] | None = Field(None, description="Ancestor ids, root first; absent for a root")
 
 
 class Usage(BaseModel):
@@ -31,6 +34,8 @@ class ClassifyResult(BaseModel):
     mode: Literal["llm", "retrieval"]
     degraded: bool = False
     reason: str | None = Field(None, description="Why the result is degraded, or why it is empty")
+    none_reason: NoneReason | None = Field(
+        None, description="Why no label was chosen, as a stable code (absent when labelled)")
     usage: Usage = Usage()
     dropped_ids: list[str] = Field(default_factory=list,
                                    description="Ids the LLM answered that were not candidates")

@@ -165,8 +165,11 @@ def test_calibrate_on_a_real_index_refuses_test_splits(tmp_path: Path, mini_inde
                                                        dataset_path: Path) -> None:
     pipeline = build_pipeline(make_settings(tmp_path), index=mini_index)
     best, table = calibrate(pipeline, load_dataset(dataset_path))
-    assert best.metric == "f1_samples" and len(table) == 13
+    # 13 aggregations, then branch mode over the roots with 1, 2, 3 and 5 branches kept
+    assert best.metric == "f1_samples" and len(table) == 13 + 4
+    assert [c.branching.branches for c in table[13:]] == [1, 2, 3, 5]  # type: ignore[union-attr]
     assert best.value == max(c.value for c in table)
+    assert best.settings()["retrieval_mode"] == ("branch" if best.branching else "flat")
     test_split = dataset_path.with_name("test.jsonl")
     test_split.write_text(dataset_path.read_text())
     with pytest.raises(DatasetError, match="test split"):

@@ -208,3 +208,15 @@ def test_input_validation() -> None:
         evaluate([["a"]], [["a"]], [["a"]], ks=(0,))
     with pytest.raises(TypeError):
         evaluate(["ab"], [["a"]], [["a"]])
+
+
+def test_cross_branch_recovery_counts_only_texts_spanning_branches() -> None:
+    branches = {"dog": "pets", "cat": "pets", "coffee": "food", "tax": "money"}
+    gold = [["dog", "coffee"], ["dog", "cat"], ["dog", "tax"], ["coffee", "flat-label"]]
+    predicted = [["coffee", "dog", "tax"], ["dog"], ["dog"], ["coffee", "flat-label"]]
+    out = evaluate(gold, predicted, predicted, branches=branches)
+    # Text 2 stays in one branch; texts 1 and 4 are fully recovered, text 3 is not.
+    assert out["n_multi_branch"] == 3
+    assert out["multi_branch_recovered"] == pytest.approx(2 / 3)
+    assert evaluate([["dog"]], [["dog"]], [["dog"]], branches=branches)["n_multi_branch"] == 0
+    assert "n_multi_branch" not in evaluate(gold, predicted, predicted)

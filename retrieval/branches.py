@@ -1,0 +1,45 @@
+"""Two-stage retrieval for deep taxonomies: pick likely branches, then leaves within them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from retrieval.fusion import Candidate
+from retrieval.taxonomy import Taxonomy
+
+
+@dataclass(frozen=True)
+class BranchConfig:
+    """Branches are the ancestors at `depth` (0: roots); the best `branches` of them are kept.
+
+    Stage 2 draws leaves from a pool `widen` times deeper than the flat shortlist, so a kept
+    branch can contribute labels that flat retrieval ranked below the cut.
+    """
+
+    depth: int = 0
+    branches: int = 3
+    widen: int = 4
+
+    def describe(self) -> str:
+        """Short name for run files and caches."""
+        return f"branch(d={self.depth},b={self.branches},w={self.widen})"
+
+
+def branch_scores(shortlist: Sequence[Candidate], taxonomy: Taxonomy,
+                  depth: int) -> dict[str, float]:
+    """Stage 1: each branch's score is the sum of its candidates' scores."""
+    scores: dict[str, float] = {}
+    for cand in shortlist:
+        branch = taxonomy.branch(cand.label_id, depth)
+        scores[branch] = scores.get(branch, 0.0) + cand.score
+    return scores
+
+
+def within_branches(pool: Sequence[Candidate], taxonomy: Taxonomy, config: BranchConfig,
+                    top_k: int) -> list[Candidate]:
+    """The best `top_k` of `pool` (best first) that lie in the branches stage 1 picked from
+    the pool's own top `top_k`; several branches stay possible."""
+    scores = branch_scores(pool[:top_k], taxonomy, config.depth)
+    kept = set(sorted(scores, key=lambda b: (-scores[b], b))[: config.branches])
+    return [c for c in pool if taxonomy.branch(c.label_id, config.depth) in kept][:top_k]
