@@ -20,6 +20,7 @@ class Embedder(Protocol):
 
     name: str
     dim: int
+    backend: str
 
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
 
@@ -51,6 +52,7 @@ class SentenceTransformerEmbedder:
         except (OSError, ValueError) as exc:
             raise EmbedderLoadError(f"cannot load embedding model {model!r}: {exc}") from exc
         self.name = model
+        self.backend = "torch"
         self.dim = int(self._model.get_embedding_dimension())
         self.batch_size = batch_size
         # HF fast tokenizers are not thread-safe, and on a few cores parallel calls would not
