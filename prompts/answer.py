@@ -11,6 +11,9 @@ from functools import lru_cache
 from prompts.render import slot_id
 
 _SLOT = re.compile(r"\bC\d{2,3}\b")
+# What a dropped id may look like when it is reported back: an id, not free text the model
+# was talked into writing (such as the system prompt).
+_ID_SHAPE = re.compile(r"[\w.:/+-]{1,64}")
 _OBJECT = re.compile(r"\{.*\}", re.DOTALL)
 
 
@@ -50,7 +53,7 @@ def parse_answer(content: str, slots: Mapping[str, str], max_labels: int) -> Par
     for raw in raw_ids:
         label_id = slots.get(raw.strip().upper()) or by_label_id.get(raw.strip())
         if label_id is None:
-            unknown.append(raw)
+            unknown.append(raw if _ID_SHAPE.fullmatch(raw) else f"(not an id: {len(raw)} chars)")
         elif label_id not in chosen:
             chosen.append(label_id)
     return ParsedAnswer(chosen[:max_labels], unknown, chosen[max_labels:])

@@ -89,21 +89,36 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
+# Line breaks that JSON leaves unescaped but tokenizers and models read as new lines.
+_JSON_LINE_BREAKS = {"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"}
+
+
+def quote(text: str) -> str:
+    """`text` as a JSON string on one line, so it cannot fake a delimiter or a candidate."""
+    quoted = json.dumps(text, ensure_ascii=False)
+    for char, escaped in _JSON_LINE_BREAKS.items():
+        quoted = quoted.replace(char, escaped)
+    return quoted
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
 def _fill(template: PromptTemplate, text: str, options: Sequence[Option], max_labels: int,
           truncated: bool) -> RenderedPrompt:
     lines, slots = [], {}
     for position, option in enumerate(options):
         slot = slot_id(position)
         slots[slot] = option.label_id
-        line = f"{slot} | {option.name}"
+        line = f"{slot} | {_one_line(option.name)}"
         if option.description:
-            line += f" — {option.description}"
+            line += f" — {_one_line(option.description)}"
         lines.append(line)
         if len(option.path) > 1:
-            lines.append(f"    path: {' > '.join(option.path)}")
-        lines.extend(f"    e.g. {json.dumps(e, ensure_ascii=False)}" for e in option.evidence)
+            lines.append(f"    path: {' > '.join(_one_line(p) for p in option.path)}")
+        lines.extend(f"    e.g. {quote(e)}" for e in option.evidence)  # examples may be feedback
     system, user = template.render(candidates="\n".join(lines) or "(no candidates)",
-                                   text=json.dumps(text, ensure_ascii=False),
-                                   max_labels=max_labels)
+                                   text=quote(text), max_labels=max_labels)
     tokens = count_tokens(system) + count_tokens(user) + 8
     return RenderedPrompt(system, user, slots, tokens, truncated, 0, max_labels)

@@ -44,6 +44,20 @@ def mini_index(settings: Settings, embedder: SentenceTransformerEmbedder) -> Lab
     return index
 
 
+@pytest.fixture(scope="session")
+def readonly_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory of `readonly_index`."""
+    return tmp_path_factory.mktemp("readonly") / "db"
+
+
+@pytest.fixture(scope="session")
+def readonly_index(readonly_db: Path, embedder: SentenceTransformerEmbedder) -> LabelIndex:
+    """The mini catalog indexed once per session, for tests that never write to it."""
+    index = LabelIndex(chroma_client(readonly_db), embedder)
+    index.sync(load_catalog(MINI_CATALOG))
+    return index
+
+
 @pytest.fixture
 def fake_llm() -> Iterator[FakeOpenAI]:
     """A fake OpenAI-compatible server on loopback."""

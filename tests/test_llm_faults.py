@@ -11,14 +11,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from prompts.breaker import CircuitBreaker
-from retrieval.catalog import load_catalog
 from retrieval.embedder import Embedder
-from retrieval.index import LabelIndex, chroma_client
+from retrieval.index import LabelIndex
 from service.api import create_app
 from service.factory import build_pipeline
 from service.pipeline import ClassifyOptions, Pipeline
 from service.results import ClassifyResult, ItemError
-from tests.conftest import MINI_CATALOG, make_settings
+from tests.conftest import make_settings
 from tests.fake_openai import FakeOpenAI, Reply, faults, with_faults
 from tests.test_api import _sample, wait_ready
 from tests.test_llm_selection import slot_of
@@ -57,22 +56,9 @@ def fault_pipeline(tmp_path: Path, index: LabelIndex, fake: FakeOpenAI, **overri
     return build_pipeline(settings, index=index)
 
 
-@pytest.fixture(scope="module")
-def shared_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("faults") / "db"
-
-
-@pytest.fixture(scope="module")
-def shared_index(shared_db: Path, embedder: Embedder) -> LabelIndex:
-    """The mini catalog indexed once for this module (no test here writes to it)."""
-    index = LabelIndex(chroma_client(shared_db), embedder)
-    index.sync(load_catalog(MINI_CATALOG))
-    return index
-
-
 @pytest.fixture
-def no_breaker(tmp_path: Path, shared_index: LabelIndex, fake_llm: FakeOpenAI) -> Pipeline:
-    return fault_pipeline(tmp_path, shared_index, fake_llm, llm_breaker_failures=0)
+def no_breaker(tmp_path: Path, readonly_index: LabelIndex, fake_llm: FakeOpenAI) -> Pipeline:
+    return fault_pipeline(tmp_path, readonly_index, fake_llm, llm_breaker_failures=0)
 
 
 def assert_sound(result: ClassifyResult, max_labels: int = 3) -> None:
@@ -129,8 +115,8 @@ def test_one_transient_fault_is_retried_to_a_full_answer(
 
 
 def test_a_batch_under_random_faults_accounts_for_every_item(
-        tmp_path: Path, shared_index: LabelIndex, fake_llm: FakeOpenAI) -> None:
-    pipeline = fault_pipeline(tmp_path, shared_index, fake_llm, llm_breaker_failures=0)
+        tmp_path: Path, readonly_index: LabelIndex, fake_llm: FakeOpenAI) -> None:
+    pipeline = fault_pipeline(tmp_path, readonly_index, fake_llm, llm_breaker_failures=0)
     fake_llm.default = with_faults(lambda req: Reply.labels(slot_of(req, "Cats")), rate=0.5,
                                    seed=7, hang_s=3 * TIMEOUT_S)
     texts = [f"my cat number {i} is sick" for i in range(24)]
@@ -150,8 +136,8 @@ def test_a_batch_under_random_faults_accounts_for_every_item(
 
 
 def test_breaker_opens_on_persistent_failure_and_recovers(
-        tmp_path: Path, shared_index: LabelIndex, fake_llm: FakeOpenAI) -> None:
-    pipeline = fault_pipeline(tmp_path, shared_index, fake_llm, llm_breaker_failures=2,
+        tmp_path: Path, readonly_index: LabelIndex, fake_llm: FakeOpenAI) -> None:
+    pipeline = fault_pipeline(tmp_path, readonly_index, fake_llm, llm_breaker_failures=2,
                               llm_breaker_reset_s=0.5)
     breaker = pipeline.selector.breaker  # type: ignore[union-attr]
     fake_llm.default = Reply.error(503)
@@ -173,9 +159,9 @@ def test_breaker_opens_on_persistent_failure_and_recovers(
     assert breaker.state == "closed" and breaker.opens == 1
 
 
-def test_failed_trial_reopens_the_circuit(tmp_path: Path, shared_index: LabelIndex,
+def test_failed_trial_reopens_the_circuit(tmp_path: Path, readonly_index: LabelIndex,
                                           fake_llm: FakeOpenAI) -> None:
-    pipeline = fault_pipeline(tmp_path, shared_index, fake_llm, llm_breaker_failures=1,
+    pipeline = fault_pipeline(tmp_path, readonly_index, fake_llm, llm_breaker_failures=1,
                               llm_breaker_reset_s=0.3, llm_max_attempts=1)
     fake_llm.default = Reply.error(500)
     pipeline.classify(TEXT, LLM)
@@ -185,9 +171,9 @@ def test_failed_trial_reopens_the_circuit(tmp_path: Path, shared_index: LabelInd
     assert fake_llm.request_count == 2 and pipeline.selector.breaker.opens == 2  # type: ignore[union-attr]
 
 
-def test_bad_answers_do_not_open_the_circuit(tmp_path: Path, shared_index: LabelIndex,
+def test_bad_answers_do_not_open_the_circuit(tmp_path: Path, readonly_index: LabelIndex,
                                              fake_llm: FakeOpenAI) -> None:
-    pipeline = fault_pipeline(tmp_path, shared_index, fake_llm, llm_breaker_failures=1)
+    pipeline = fault_pipeline(tmp_path, readonly_index, fake_llm, llm_breaker_failures=1)
     fake_llm.default = Reply.garbage()  # the endpoint is up; the model misbehaves
     for _ in range(3):
         assert pipeline.classify(TEXT, LLM).reason == "llm_failed: invalid_answer"
@@ -195,9 +181,9 @@ def test_bad_answers_do_not_open_the_circuit(tmp_path: Path, shared_index: Label
 
 
 def test_breaker_is_shared_by_pipelines_on_one_endpoint(
-        tmp_path: Path, shared_index: LabelIndex, fake_llm: FakeOpenAI) -> None:
-    first = fault_pipeline(tmp_path, shared_index, fake_llm)
-    second = fault_pipeline(tmp_path, shared_index, fake_llm)  # e.g. rebuilt after a reload
+        tmp_path: Path, readonly_index: LabelIndex, fake_llm: FakeOpenAI) -> None:
+    first = fault_pipeline(tmp_path, readonly_index, fake_llm)
+    second = fault_pipeline(tmp_path, readonly_index, fake_llm)  # e.g. rebuilt after a reload
     assert first.selector.breaker is second.selector.breaker  # type: ignore[union-attr]
 
 
@@ -217,9 +203,9 @@ def test_half_open_lets_one_trial_through_at_a_time() -> None:
 
 
 def test_open_circuit_shows_in_readyz_and_metrics_while_retrieval_serves(
-        tmp_path: Path, shared_index: LabelIndex, shared_db: Path, embedder: Embedder,
+        tmp_path: Path, readonly_index: LabelIndex, readonly_db: Path, embedder: Embedder,
         fake_llm: FakeOpenAI) -> None:
-    settings = make_settings(tmp_path, db=shared_db, top_k=5, threshold=0.3,
+    settings = make_settings(tmp_path, db=readonly_db, top_k=5, threshold=0.3,
                              llm_base_url=fake_llm.base_url, llm_api_key="test",
                              llm_max_attempts=1, llm_max_wait_s=0.01, llm_timeout_s=TIMEOUT_S,
                              llm_breaker_failures=2, llm_breaker_reset_s=60)
