@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 from prompts.breaker import CircuitBreaker
 from prompts.deadline import DeadlineTransport
@@ -13,6 +14,7 @@ from retrieval.decision import Threshold
 from retrieval.embedder import Embedder, SentenceTransformerEmbedder
 from retrieval.fusion import Aggregation
 from retrieval.index import LabelIndex, chroma_client
+from retrieval.onnx_embedder import OnnxEmbedder
 from retrieval.retriever import Retriever
 from retrieval.segments import SubqueryConfig
 from service.pipeline import Pipeline
@@ -20,14 +22,20 @@ from service.settings import Settings
 
 
 @lru_cache(maxsize=4)
-def _cached_embedder(model: str, batch_size: int,
-                     threads: int | None) -> SentenceTransformerEmbedder:
-    return SentenceTransformerEmbedder(model, batch_size=batch_size, threads=threads)
+def _cached_embedder(model: str, backend: str, batch_size: int, threads: int | None,
+                     cache: str | None) -> Embedder:
+    if backend == "torch":
+        return SentenceTransformerEmbedder(model, batch_size=batch_size, threads=threads)
+    precision = "int8" if backend == "onnx-int8" else "fp32"
+    return OnnxEmbedder(model, precision=precision, batch_size=batch_size, threads=threads,
+                        cache_dir=Path(cache) if cache else None)
 
 
 def build_embedder(settings: Settings) -> Embedder:
     """The configured embedder, loaded once per process."""
-    return _cached_embedder(settings.embedder, settings.embed_batch_size, settings.embed_threads)
+    cache = str(settings.embedder_cache) if settings.embedder_cache else None
+    return _cached_embedder(settings.embedder, settings.embedder_backend,
+                            settings.embed_batch_size, settings.embed_threads, cache)
 
 
 def build_index(settings: Settings, embedder: Embedder | None = None) -> LabelIndex:

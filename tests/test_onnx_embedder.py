@@ -8,8 +8,12 @@ import numpy as np
 import pytest
 
 from retrieval.catalog import load_catalog
+from retrieval.embedder import (
+    EmbedderLoadError,
+    SentenceTransformerEmbedder,
+    resolve_model_path,
+)
 from retrieval.fusion import Aggregation
-from retrieval.embedder import EmbedderLoadError, SentenceTransformerEmbedder
 from retrieval.index import LabelIndex, chroma_client
 from retrieval.onnx_embedder import OnnxEmbedder, exported_graph
 from retrieval.retriever import Retriever
@@ -67,9 +71,6 @@ def test_batch_order_and_single_text_agree(fp32: OnnxEmbedder, int8: OnnxEmbedde
 
 
 def test_export_is_cached(onnx_cache: Path, fp32: OnnxEmbedder) -> None:
-    from retrieval.fusion import Aggregation
-from retrieval.embedder import resolve_model_path
-
     graph = exported_graph(resolve_model_path("all-MiniLM-L6-v2"), "fp32", onnx_cache)
     before = graph.stat().st_mtime_ns
     OnnxEmbedder(precision="fp32", cache_dir=onnx_cache)
