@@ -167,13 +167,22 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help=(
         "Worker processes; more than 1 needs a Chroma server (LABELRANK_CHROMA_HOST)."))] = 1,
+    insecure: Annotated[bool, typer.Option(
+        "--insecure", help="Serve although `labelrank doctor config` finds errors.")] = False,
 ) -> None:
     """Serve the HTTP API (OpenAPI docs at /docs) with uvicorn."""
     import os
 
     import uvicorn
 
+    from service.config_check import check_config, check_index
+    from service.doctor import report
+
     settings = settings_from(db)
+    if report(check_config(settings, host) + check_index(settings)) and not insecure:
+        typer.echo("refusing to serve: fix the errors above (labelrank doctor config), or "
+                   "pass --insecure", err=True)
+        raise typer.Exit(2)
     if workers == 1:
         from service.api import create_app
 
