@@ -171,15 +171,17 @@ def _example_rows(path: Path) -> Iterator[tuple[int, list[str], str]]:
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, start=1):
+            line = _utf8(raw, path, line_no)
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as exc:
+            except (json.JSONDecodeError, RecursionError) as exc:
+                reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
                 raise CatalogError(
-                    f"{path.name}:{line_no}: not valid JSON ({exc.msg})",
+                    f"{path.name}:{line_no}: not valid JSON ({reason})",
                     path=str(path), line=line_no,
                 ) from None
             if not isinstance(row, dict):
@@ -190,7 +192,18 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
             yield line_no, row
 
 
+def _utf8(raw: bytes, path: Path, line_no: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CatalogError(f"{path.name}:{line_no}: not valid UTF-8 (byte {exc.start + 1})",
+                           path=str(path), line=line_no) from None
+
+
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    with path.open("rb") as raw:
+        for line_no, line in enumerate(raw, start=1):
+            _utf8(line, path, line_no)  # name the bad line before csv reads the file
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle)
         for row in reader:

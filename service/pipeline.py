@@ -52,9 +52,9 @@ class ClassifyOptions:
 
 
 def check_text(text: object, max_chars: int) -> None:
-    """Refuse an empty or whitespace-only text, or one longer than `max_chars`."""
-    if not isinstance(text, str) or not text.strip():
-        raise InvalidTextError("text is empty", field="text")
+    """Refuse a text with nothing printable in it, or one longer than `max_chars`."""
+    if not isinstance(text, str) or not any(c.isprintable() and not c.isspace() for c in text):
+        raise InvalidTextError("text is empty (no printable characters)", field="text")
     if len(text) > max_chars:
         raise TextTooLongError(f"text has {len(text)} characters; the limit is {max_chars}",
                                field="text", limit=max_chars)
