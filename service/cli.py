@@ -12,6 +12,7 @@ import typer
 from retrieval.errors import LabelrankError
 from service.doctor import doctor_app
 from service.settings import Settings, get_settings
+from service.tune_command import tune_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Tag text with labels from a very large catalog.")
@@ -126,6 +127,7 @@ def info(db: DbOpt = None) -> None:
 llm_app = typer.Typer(help="A local LLM engine for LLM mode without an API key.")
 app.add_typer(llm_app, name="llm")
 app.add_typer(doctor_app, name="doctor")
+app.command("tune")(tune_command)
 
 
 @llm_app.command("serve-local")
