@@ -7,8 +7,12 @@ from typing import Annotated
 
 import typer
 
+from eval.doctor_catalog import doctor_catalog
 from service.cli import DbOpt, TopKOpt, app, settings_from
 from service.cli import main as service_main
+from service.doctor import doctor_app
+
+doctor_app.command("catalog")(doctor_catalog)
 
 DatasetArg = Annotated[Path, typer.Argument(help="Gold JSONL: {text, labels: [...]} per line.")]
 HalfOpt = Annotated[str | None, typer.Option(
