@@ -101,12 +101,13 @@ def _pages(index: LabelIndex) -> Iterator[tuple[dict, str, list[float]]]:
 
 def diagnose(index: LabelIndex, top: int = 20, per_label: int = 20,
              neighbours: int = 10) -> Diagnosis:
-    """Find overlapping label pairs, labels with nothing but a name, and names that miss."""
+    """Find overlapping label pairs, assignable labels with nothing but a name (group nodes
+    are fine without), and names that miss."""
     stored = read_vectors(index)
     centroids = {lid: entry.centroid() for lid, entry in stored.items()}
     bare = sorted(lid for lid, label in index.labels.items()
-                  if not label.description and not stored.get(lid, LabelVectors()).of_kind(
-                      "example"))
+                  if label.assignable and not label.description
+                  and not stored.get(lid, LabelVectors()).of_kind("example"))
     return Diagnosis(
         labels=len(index.labels), vectors=index.vector_count(),
         overlaps=overlaps(index, stored, centroids, top, per_label, neighbours),

@@ -34,6 +34,7 @@ LABELS = [
     Label("shop-umbrella", "rain tomorrow", examples=(
         "buy a folding umbrella", "order an umbrella online", "umbrella prices")),
     Label("bare", "miscellaneous"),  # no examples, no description
+    Label("group", "everyday things", assignable=False),  # a group node may be bare
 ]
 
 
