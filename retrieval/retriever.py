@@ -51,7 +51,7 @@ class Retriever:
             return []
         assignable = self.assignable()
         allowed = assignable if within is None else assignable & within
-        if not allowed:
+        if within is not None and not allowed:  # an empty index still says so when searched
             return [[] for _ in texts]
         widen = self.branching.widen if self.branching else 1
         pool_k = top_k * widen
