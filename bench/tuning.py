@@ -48,13 +48,16 @@ def run(name: str, root: Path, baseline_root: Path, config: TuneConfig) -> dict:
         shutil.copytree(baseline_root / spec.folder, base_db)
     settings, _, _ = build(spec, root / "base", base)  # no-op when the copy is current
     model_dir = root / "models" / f"{name}-e{config.epochs}-p{config.max_pairs or 'all'}"
+    tuned_db = root / f"tuned-{model_dir.name}"
+    for stale in (model_dir, tuned_db):  # a rerun starts clean: new weights, new index
+        shutil.rmtree(stale, ignore_errors=True)
     with tempfile.TemporaryDirectory() as scratch:
         report = tune(build_index(settings), training_file(name, Path(scratch)), model_dir,
-                      config, overwrite=True)
+                      config)
     print(f"  {name}: tuned in {report.mining_s + report.training_s:.0f} s "
           f"({report.pairs} pairs, {report.steps} steps)", flush=True)
     tuned = base.model_copy(update={"embedder": str(model_dir.resolve())})
-    result = evaluate_dataset(name, spec, root / f"tuned-{model_dir.name}", tuned)
+    result = evaluate_dataset(name, spec, tuned_db, tuned)
     result["tuning"] = {k: getattr(report, k) for k in (
         "pairs", "label_pairs", "mined_negatives", "steps", "mining_s", "training_s")}
     return result

@@ -16,7 +16,8 @@ def tune_command(
     dev: Annotated[Path | None, typer.Option(
         help="Labelled dev file: nearest-label accuracy before and after.")] = None,
     epochs: Annotated[int, typer.Option(min=1, help="Passes over the pairs.")] = 1,
-    out: Annotated[Path, typer.Option(help="New directory for the tuned model.")]
+    out: Annotated[Path, typer.Option(
+        help="New (empty) directory for the tuned model; never overwritten.")]
     = Path("labelrank-model-tuned"),
     db: Annotated[Path | None, typer.Option(
         "--db", help="Index to mine hard negatives from (built with the model to tune).")]
@@ -25,9 +26,6 @@ def tune_command(
         min=1, help="Train on at most N pairs (a random sample).")] = None,
     batch_size: Annotated[int, typer.Option(min=2, help="Pairs per step.")] = 32,
     learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 5e-5,
-    overwrite: Annotated[bool, typer.Option(
-        "--overwrite", help="Write into a non-empty --out (never the index's own model).")]
-    = False,
 ) -> None:
     """Fine-tune the embedder on labelled texts (in-batch + mined hard negatives)."""
     from service.factory import build_index
@@ -37,7 +35,7 @@ def tune_command(
     index = build_index(settings)
     config = TuneConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                         max_pairs=max_pairs)
-    report = tune(index, examples, out, config, dev=dev, overwrite=overwrite)
+    report = tune(index, examples, out, config, dev=dev)
     typer.echo(
         f"tuned {report.base_model} on {report.pairs} pairs ({report.label_pairs} text-label, "
         f"{report.pairs - report.label_pairs} text-text; hard negatives: "

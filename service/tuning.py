@@ -70,9 +70,10 @@ class TuneReport:
     config: dict = field(default_factory=dict)
 
 
-def check_output(out: Path, index: LabelIndex, overwrite: bool) -> None:
-    """Refuse to write over the model the index was built with, or over any non-empty
-    directory unless asked to."""
+def check_output(out: Path, index: LabelIndex) -> None:
+    """Refuse to write over the model the index was built with, or into any non-empty
+    directory: a model directory, once written, never changes, so the embedder path an index
+    records keeps naming the weights that built it."""
     built_with = str(index.fingerprint().get("embedder") or index.embedder.name)
     try:
         index_model = resolve_model_path(built_with)
@@ -84,8 +85,8 @@ def check_output(out: Path, index: LabelIndex, overwrite: bool) -> None:
                           "write the tuned model to a new directory", out=str(out))
     if target.exists() and not target.is_dir():
         raise TuningError(f"{out} exists and is not a directory", out=str(out))
-    if target.is_dir() and any(target.iterdir()) and not overwrite:
-        raise TuningError(f"{out} is not empty; choose a new directory or pass --overwrite",
+    if target.is_dir() and any(target.iterdir()):
+        raise TuningError(f"{out} is not empty; write the tuned model to a new directory",
                           out=str(out))
 
 
@@ -140,10 +141,10 @@ def dev_references(index: LabelIndex, texts_by_label: dict[str, list[str]],
 
 
 def tune(index: LabelIndex, examples: Path, out: Path, config: TuneConfig,
-         dev: Path | None = None, overwrite: bool = False) -> TuneReport:
+         dev: Path | None = None) -> TuneReport:
     """Tune a copy of the index's embedder on `examples` and save it to `out` (with a
     before/after nearest-label check on `dev` when given)."""
-    check_output(out, index, overwrite)
+    check_output(out, index)
     report = TuneReport(out=str(out), base_model=index.embedder.name, examples=str(examples),
                         config=asdict(config))
     texts_by_label = labelled_texts(index, examples)
