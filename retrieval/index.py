@@ -6,6 +6,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from retrieval.errors import EmptyIndexError, IndexMismatchError, UnknownLabelEr
 SCHEMA_VERSION = 1
 KINDS = ("name", "alias", "description", "example")
 _WRITE_BATCH = 4096
+_LABEL_CHUNK = 256
 _PAGE = 5000
 # Chroma turns one query batch into SQL with a bounded number of variables.
 _QUERY_BATCH = 256
@@ -35,6 +37,16 @@ class Hit:
     similarity: float
     rank: int
     vector: np.ndarray | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class _ChunkPlan:
+    """One chunk of labels to write: their wanted vectors, which are new, which are stale."""
+
+    labels: list[Label]
+    wanted: dict[str, tuple[str, str, str]]
+    new_ids: list[str]
+    stale: list[str]
 
 
 @dataclass
@@ -256,35 +268,62 @@ class LabelIndex:
 
     def _write_labels(self, labels: list[Label], stored: set[str], report: SyncReport,
                       progress: Progress | None) -> None:
+        # Embedding chunk k+1 overlaps writing chunk k: the embedder releases the GIL (or runs
+        # in another process, see ProcessEmbedder), while Chroma's add holds it.
+        plans = (self._plan(chunk, stored) for chunk in _chunks(labels, _LABEL_CHUNK))
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-ahead") as ahead:
+            current = next(plans, None)
+            pending = ahead.submit(self._embed_plan, current) if current else None
+            while current is not None and pending is not None:
+                vectors, names = pending.result()
+                following = next(plans, None)
+                pending = ahead.submit(self._embed_plan, following) if following else None
+                self._store(current, vectors, names, report)
+                if progress:
+                    progress(len(current.labels))
+                current = following
+
+    def _plan(self, labels: Sequence[Label], stored: set[str]) -> _ChunkPlan:
+        """Which vectors of these labels are new (to embed) and which are stale (to delete)."""
+        wanted = {vector_id(lab.id, kind, text): (lab.id, kind, text)
+                  for lab in labels for kind, text in label_texts(lab)}
+        existing = set(self._vector_ids_of([lab.id for lab in labels if lab.id in stored]))
+        new_ids = [vid for vid in wanted if vid not in existing]
+        return _ChunkPlan(list(labels), wanted, new_ids, sorted(existing - set(wanted)))
+
+    def _embed_plan(self, plan: _ChunkPlan) -> tuple[np.ndarray, np.ndarray]:
+        """Vectors for the plan's new texts, and each label's name vector (reused when new)."""
+        row_of = {vid: row for row, vid in enumerate(plan.new_ids)}
+        name_rows = [row_of.get(vector_id(lab.id, "name", lab.name)) for lab in plan.labels]
+        missing = [lab.name for lab, row in zip(plan.labels, name_rows, strict=True)
+                   if row is None]
+        vectors = self.embedder.embed([plan.wanted[vid][2] for vid in plan.new_ids] + missing)
+        extra = iter(range(len(plan.new_ids), len(vectors)))
+        names = vectors[[next(extra) if row is None else row for row in name_rows]]
+        return vectors[:len(plan.new_ids)], names
+
+    def _store(self, plan: _ChunkPlan, vectors: np.ndarray, names: np.ndarray,
+               report: SyncReport) -> None:
         # Vectors first, the label record (with its hash) last: an interrupted run leaves
         # the label marked stale, so the next run redoes it.
-        for chunk in _chunks(labels, 256):
-            wanted = {vector_id(lab.id, kind, text): (lab.id, kind, text)
-                      for lab in chunk for kind, text in label_texts(lab)}
-            existing = set(self._vector_ids_of([lab.id for lab in chunk if lab.id in stored]))
-            new_ids = [vid for vid in wanted if vid not in existing]
-            stale = sorted(existing - set(wanted))
-            new_vectors = self.embedder.embed([wanted[vid][2] for vid in new_ids])
-            for start in range(0, len(new_ids), _WRITE_BATCH):
-                ids = new_ids[start:start + _WRITE_BATCH]
-                self._vectors.upsert(
-                    ids=ids, embeddings=new_vectors[start:start + _WRITE_BATCH],
-                    documents=[wanted[vid][2] for vid in ids],
-                    metadatas=[{"label_id": wanted[vid][0], "kind": wanted[vid][1]} for vid in ids],
-                )
-            if stale:
-                self._vectors.delete(ids=stale)
-            report.vectors_added += len(new_ids)
-            report.vectors_removed += len(stale)
-            name_vectors = self.embedder.embed([lab.name for lab in chunk])
-            self._records.upsert(
-                ids=[lab.id for lab in chunk], embeddings=name_vectors,
-                documents=[_label_json(lab) for lab in chunk],
-                metadatas=[{"hash": lab.content_hash(), "parent": lab.parent or "",
-                            "examples": len(lab.examples)} for lab in chunk],
+        for start in range(0, len(plan.new_ids), _WRITE_BATCH):
+            ids = plan.new_ids[start:start + _WRITE_BATCH]
+            self._vectors.upsert(
+                ids=ids, embeddings=vectors[start:start + _WRITE_BATCH],
+                documents=[plan.wanted[vid][2] for vid in ids],
+                metadatas=[{"label_id": plan.wanted[vid][0], "kind": plan.wanted[vid][1]}
+                           for vid in ids],
             )
-            if progress:
-                progress(len(chunk))
+        if plan.stale:
+            self._vectors.delete(ids=plan.stale)
+        report.vectors_added += len(plan.new_ids)
+        report.vectors_removed += len(plan.stale)
+        self._records.upsert(
+            ids=[lab.id for lab in plan.labels], embeddings=names,
+            documents=[_label_json(lab) for lab in plan.labels],
+            metadatas=[{"hash": lab.content_hash(), "parent": lab.parent or "",
+                        "examples": len(lab.examples)} for lab in plan.labels],
+        )
 
     def _vector_ids_of(self, label_ids: list[str]) -> list[str]:
         if not label_ids:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Callable
+from functools import lru_cache, partial
 from pathlib import Path
 
 from prompts.breaker import CircuitBreaker
@@ -21,27 +22,43 @@ from service.pipeline import Pipeline
 from service.settings import Settings
 
 
-@lru_cache(maxsize=4)
-def _cached_embedder(model: str, backend: str, batch_size: int, threads: int | None,
-                     cache: str | None) -> Embedder:
+def make_embedder(model: str, backend: str, batch_size: int, threads: int | None,
+                  cache: Path | None) -> Embedder:
+    """Load an embedder on the given backend."""
     if backend == "torch":
         return SentenceTransformerEmbedder(model, batch_size=batch_size, threads=threads)
     precision = "int8" if backend == "onnx-int8" else "fp32"
     return OnnxEmbedder(model, precision=precision, batch_size=batch_size, threads=threads,
-                        cache_dir=Path(cache) if cache else None)
+                        cache_dir=cache)
+
+
+def _embedder_spec(settings: Settings) -> tuple:
+    return (settings.embedder, settings.embedder_backend, settings.embed_batch_size,
+            settings.embed_threads, settings.embedder_cache)
+
+
+def embedder_factory(settings: Settings) -> Callable[[], Embedder]:
+    """A picklable constructor of the configured embedder, for a worker process."""
+    return partial(make_embedder, *_embedder_spec(settings))
+
+
+@lru_cache(maxsize=4)
+def _cached_embedder(spec: tuple) -> Embedder:
+    return make_embedder(*spec)
 
 
 def build_embedder(settings: Settings) -> Embedder:
     """The configured embedder, loaded once per process."""
-    cache = str(settings.embedder_cache) if settings.embedder_cache else None
-    return _cached_embedder(settings.embedder, settings.embedder_backend,
-                            settings.embed_batch_size, settings.embed_threads, cache)
+    return _cached_embedder(_embedder_spec(settings))
 
 
 def build_index(settings: Settings, embedder: Embedder | None = None) -> LabelIndex:
     """The label index on the embedded directory, or on a Chroma server when a host is set."""
     client = chroma_client(settings.db, settings.chroma_host, settings.chroma_port)
-    return LabelIndex(client, embedder or build_embedder(settings), name=settings.collection)
+    hnsw = {"ef_construction": settings.hnsw_ef_construction,
+            "ef_search": settings.hnsw_ef_search, "max_neighbors": settings.hnsw_max_neighbors}
+    return LabelIndex(client, embedder or build_embedder(settings), name=settings.collection,
+                      hnsw=hnsw)
 
 
 @lru_cache(maxsize=16)

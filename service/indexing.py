@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
 
-from retrieval.catalog import load_catalog, load_examples
-from retrieval.index import SyncReport
-from service.factory import build_index
+from retrieval.catalog import Catalog, load_catalog, load_examples
+from retrieval.embedder import Embedder
+from retrieval.index import SyncReport, label_texts
+from retrieval.process_embedder import ProcessEmbedder
+from service.factory import build_embedder, build_index, embedder_factory
 from service.settings import Settings
 
 
@@ -20,9 +23,28 @@ def build_or_update(settings: Settings, catalog_path: Path, example_paths: Seque
     catalog = load_catalog(catalog_path)
     for path in example_paths:
         catalog = catalog.with_examples(load_examples(path, catalog))
+    return index_catalog(settings, catalog, prune=prune)
+
+
+def index_catalog(settings: Settings, catalog: Catalog,
+                  prune: bool = True) -> tuple[SyncReport, float]:
+    """Sync the index to a validated catalog, with a progress bar; returns (report, seconds)."""
     started = time.perf_counter()
-    index = build_index(settings)
-    with tqdm(total=len(catalog), unit="label", desc="indexing", leave=False,
-              disable=None, mininterval=1.0) as bar:
-        report = index.sync(catalog, progress=bar.update, prune=prune)
+    with _build_embedder(settings, catalog) as embedder:
+        index = build_index(settings, embedder)
+        with tqdm(total=len(catalog), unit="label", desc="indexing", leave=False,
+                  disable=None, mininterval=1.0) as bar:
+            report = index.sync(catalog, progress=bar.update, prune=prune)
     return report, time.perf_counter() - started
+
+
+@contextmanager
+def _build_embedder(settings: Settings, catalog: Catalog) -> Iterator[Embedder]:
+    """A worker-process embedder for big builds (embedding overlaps Chroma's writes), else the
+    in-process one: spawning a worker costs seconds that a small update would not win back."""
+    texts = sum(len(label_texts(label)) for label in catalog.labels.values())
+    if texts < settings.index_worker_min_texts:
+        yield build_embedder(settings)
+        return
+    with ProcessEmbedder(embedder_factory(settings)) as embedder:
+        yield embedder

@@ -27,6 +27,10 @@ class Settings(BaseSettings):
     embedder_cache: Path | None = None
     embed_batch_size: int = Field(128, ge=1)
     embed_threads: int | None = Field(None, ge=1)
+    index_worker_min_texts: int = Field(20_000, ge=0)
+    hnsw_ef_construction: int = Field(100, ge=8)
+    hnsw_ef_search: int = Field(100, ge=8)
+    hnsw_max_neighbors: int = Field(16, ge=4)
 
     # Retrieval
     neighbours: int = Field(100, ge=1, le=2000)

@@ -1,0 +1,236 @@
+"""How labelrank's cost grows with the catalog: build, latency, throughput, memory, disk.
+
+Builds a catalog of N real ICD-10-CM labels with E examples each, drawn from real sentences of
+the other shared datasets (train splits; texts that run out are paired up so every example
+stays distinct), indexes it with the same code as `labelrank index`, and serves it in
+retrieval-only mode with the same code as `labelrank classify`. Queries are validation texts,
+never indexed. Each phase runs in its own process, so peak RSS is per phase; every speed figure
+sits next to the raw embedder's on the same texts, measured in the same run.
+
+    python bench/scale.py --labels 3000                     # minutes: iterate with this
+    python bench/scale.py --labels 3000 30000 100000 --json docs/scale.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+EXAMPLE_SOURCES = ["goemotions/train", "clinc150/train", "banking77/train", "hwu64/train",
+                   "nlupp/train", "banking77_oos/train"]
+QUERY_SOURCES = ["clinc150/valid", "goemotions/valid", "hwu64/valid", "banking77_oos/valid"]
+RAW_SAMPLE = 20_000
+
+
+def sentences(sources: list[str]) -> list[str]:
+    """Distinct texts of the given splits, in a fixed order."""
+    seen: dict[str, None] = {}
+    for source in sources:
+        with (DATA / f"{source}.jsonl").open() as handle:
+            for line in handle:
+                text = json.loads(line)["text"].strip()
+                if text:
+                    seen.setdefault(text, None)
+    return list(seen)
+
+
+def scale_catalog(n_labels: int, per_label: int):
+    """The first `n_labels` ICD-10-CM labels (parents come first), `per_label` examples each."""
+    from retrieval.catalog import Catalog, load_catalog
+
+    icd = load_catalog(DATA / "icd10cm" / "catalog.jsonl")
+    chosen = list(icd.labels.values())[:n_labels]
+    pool = sentences(EXAMPLE_SOURCES)
+    labels = {}
+    for i, label in enumerate(chosen):
+        examples = []
+        for j in range(per_label):
+            k = i * per_label + j
+            text = pool[k % len(pool)]
+            if k >= len(pool):  # second pass over the pool: pair texts so each stays distinct
+                text = f"{text} {pool[(k * 7919 + k // len(pool)) % len(pool)]}"
+            examples.append(text)
+        labels[label.id] = replace(label, examples=tuple(examples))
+    return Catalog(labels)
+
+
+def settings_for(db: Path, backend: str):
+    """Retrieval-only settings on an embedded index (the product defaults otherwise)."""
+    from service.settings import Settings
+
+    return Settings(_env_file=None, db=db, embedder_backend=backend,
+                    llm_base_url=None, llm_api_key=None)
+
+
+def percentiles(values_ms: list[float]) -> dict[str, float]:
+    array = np.asarray(values_ms)
+    return {f"p{q}": round(float(np.percentile(array, q)), 2) for q in (50, 95, 99)}
+
+
+# -- phases (each runs in its own process) --------------------------------------------------
+
+def phase_build(args: dict) -> dict:
+    """Index the scale catalog as `labelrank index` does."""
+    from service.indexing import index_catalog
+
+    catalog = scale_catalog(args["labels"], args["per_label"])
+    report, seconds = index_catalog(settings_for(Path(args["db"]), args["backend"]), catalog)
+    return {"labels": len(catalog), "vectors": report.vectors_total, "build_s": round(seconds, 1),
+            "build_texts_per_s": round(report.vectors_added / seconds)}
+
+
+def phase_raw(args: dict) -> dict:
+    """The embedder alone on the same texts: the physical limit of this machine."""
+    from service.factory import build_embedder
+
+    catalog = scale_catalog(args["labels"], args["per_label"])
+    texts = [t for label in catalog.labels.values() for t in (label.name, *label.examples)]
+    sample = [texts[i] for i in np.linspace(0, len(texts) - 1, min(RAW_SAMPLE, len(texts)),
+                                            dtype=int)]
+    embedder = build_embedder(settings_for(Path(args["db"]), args["backend"]))
+    embedder.embed(sample[:64])
+    started = time.perf_counter()
+    embedder.embed(sample)
+    return {"raw_build_texts_per_s": round(len(sample) / (time.perf_counter() - started))}
+
+
+def phase_serve(args: dict) -> dict:
+    """Retrieval-only classify: single-text latency and batch throughput, each next to the
+    raw embedder on the same texts."""
+    from service.factory import build_embedder, build_pipeline
+    from service.pipeline import ClassifyOptions
+
+    settings = settings_for(Path(args["db"]), args["backend"])
+    pipeline = build_pipeline(settings)
+    embedder = build_embedder(settings)
+    queries = sentences(QUERY_SOURCES)
+    rng = np.random.default_rng(0)
+    singles = [queries[i] for i in rng.permutation(len(queries))[:args["queries"]]]
+    batch = [queries[i] for i in rng.permutation(len(queries))[:args["batch"]]]
+    options = ClassifyOptions(mode="retrieval")
+    for text in singles[:20]:  # warm caches, allocator and HNSW pages
+        pipeline.classify(text, options)
+    classify_ms, embed_ms = [], []
+    for text in singles:
+        started = time.perf_counter()
+        pipeline.classify(text, options)
+        classify_ms.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        embedder.embed([text])
+        embed_ms.append((time.perf_counter() - started) * 1000)
+    started = time.perf_counter()
+    outcomes = pipeline.classify_batch(batch, options)
+    batch_rate = len(batch) / (time.perf_counter() - started)
+    started = time.perf_counter()
+    embedder.embed(batch)
+    raw_rate = len(batch) / (time.perf_counter() - started)
+    assert len(outcomes) == len(batch)
+    return {"classify_ms": percentiles(classify_ms), "raw_embed_ms": percentiles(embed_ms),
+            "batch_texts_per_s": round(batch_rate), "raw_batch_texts_per_s": round(raw_rate),
+            "batch_vs_raw": round(batch_rate / raw_rate, 2)}
+
+
+def phase_recall(args: dict) -> dict:
+    """HNSW recall@100 against exact search over every stored vector, on sample queries."""
+    from service.factory import build_embedder, build_index
+
+    settings = settings_for(Path(args["db"]), args["backend"])
+    index = build_index(settings)
+    collection = index._vectors  # the bench reads raw vectors; the product never needs to
+    ids, matrix, offset = [], [], 0
+    while True:
+        page = collection.get(include=["embeddings"], limit=5000, offset=offset)
+        if not page["ids"]:
+            break
+        ids += page["ids"]
+        matrix.append(np.asarray(page["embeddings"], dtype=np.float32))
+        offset += len(page["ids"])
+    vectors = np.vstack(matrix)
+    queries = sentences(QUERY_SOURCES)[:200]
+    embedded = build_embedder(settings).embed(queries)
+    exact = np.argsort(-(embedded @ vectors.T), axis=1)[:, :100]
+    found = collection.query(query_embeddings=embedded, n_results=100, include=[])["ids"]
+    overlap = [len({ids[j] for j in row} & set(hits)) / 100 for row, hits in zip(exact, found,
+                                                                                strict=True)]
+    return {"hnsw_recall_at_100": round(float(np.mean(overlap)), 4)}
+
+
+PHASES = {"build": phase_build, "raw": phase_raw, "serve": phase_serve, "recall": phase_recall}
+
+
+def run_phase(name: str, args: dict) -> dict:
+    """Run one phase in a fresh process; add its peak RSS."""
+    with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
+        child = subprocess.Popen([sys.executable, __file__, "--phase", name,
+                                  "--phase-args", json.dumps(args), "--phase-out", out.name])
+        _, status, usage = os.wait4(child.pid, 0)
+        if status != 0:
+            raise SystemExit(f"phase {name} failed (status {status})")
+        result = json.loads(Path(out.name).read_text())
+    # ru_maxrss is in KiB on Linux; it covers the phase's own worker processes too.
+    result[f"{name}_peak_rss_gb"] = round(usage.ru_maxrss / 2**20, 2)
+    return result
+
+
+def disk_gb(path: Path) -> float:
+    return round(sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**30, 2)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--labels", type=int, nargs="+", default=[3000])
+    parser.add_argument("--examples-per-label", type=int, default=20)
+    parser.add_argument("--backend", default="onnx-int8", choices=["torch", "onnx", "onnx-int8"])
+    parser.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "lr-scale")
+    parser.add_argument("--queries", type=int, default=300, help="Single-text classify calls.")
+    parser.add_argument("--batch", type=int, default=2000, help="Texts in the batch classify.")
+    parser.add_argument("--recall", action="store_true", help="Also measure HNSW recall.")
+    parser.add_argument("--reuse", action="store_true", help="Keep an existing index.")
+    parser.add_argument("--skip-raw", action="store_true", help="Skip the raw build baseline.")
+    parser.add_argument("--json", type=Path, help="Also write all figures here.")
+    parser.add_argument("--phase", choices=list(PHASES), help=argparse.SUPPRESS)
+    parser.add_argument("--phase-args", help=argparse.SUPPRESS)
+    parser.add_argument("--phase-out", help=argparse.SUPPRESS)
+    opts = parser.parse_args()
+    if opts.phase:
+        result = PHASES[opts.phase](json.loads(opts.phase_args))
+        Path(opts.phase_out).write_text(json.dumps(result))
+        return
+
+    rows = []
+    for n_labels in opts.labels:
+        db = opts.root / f"{n_labels}x{opts.examples_per_label}-{opts.backend}"
+        if db.exists() and not opts.reuse:
+            shutil.rmtree(db)
+        args = {"labels": n_labels, "per_label": opts.examples_per_label, "db": str(db),
+                "backend": opts.backend, "queries": opts.queries, "batch": opts.batch}
+        row = {"requested_labels": n_labels, "backend": opts.backend, "cpus": os.cpu_count()}
+        for phase in ["build", "raw", "serve", "recall"]:
+            if (phase == "recall" and not opts.recall) or (phase == "raw" and opts.skip_raw):
+                continue
+            if phase == "build" and opts.reuse and db.exists():
+                continue
+            row |= run_phase(phase, args)
+            print(f"  {n_labels} labels, {phase}: {json.dumps(row)}", file=sys.stderr, flush=True)
+        row["disk_gb"] = disk_gb(db)
+        if "raw_build_texts_per_s" in row and "build_texts_per_s" in row:
+            row["build_vs_raw"] = round(row["build_texts_per_s"] / row["raw_build_texts_per_s"], 2)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if opts.json:
+        opts.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Big-build paths: chunked, pipelined writes and the worker-process embedder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.catalog import Catalog, Label
+from retrieval.embedder import SentenceTransformerEmbedder
+from retrieval.index import LabelIndex, chroma_client
+from retrieval.process_embedder import ProcessEmbedder
+from service.factory import build_index, embedder_factory
+from service.indexing import index_catalog
+from tests.conftest import make_settings
+
+WORDS = ["red", "green", "blue", "amber", "violet", "black", "white", "grey", "pink", "teal"]
+
+
+def many_labels(n: int) -> Catalog:
+    """`n` distinct labels with one example each: several write chunks, cheap to embed."""
+    labels = {}
+    for i in range(n):
+        name = f"{WORDS[i % 10]} {WORDS[i // 10 % 10]} {WORDS[i // 100 % 10]} item {i}"
+        labels[f"L{i}"] = Label(f"L{i}", name, examples=(f"I want the {name} please",))
+    return Catalog(labels)
+
+
+def test_pipelined_sync_writes_every_chunk(tmp_path: Path,
+                                           embedder: SentenceTransformerEmbedder) -> None:
+    catalog = many_labels(600)  # 256 labels per chunk: three chunks, the last one partial
+    index = LabelIndex(chroma_client(tmp_path), embedder)
+    ticks: list[int] = []
+    report = index.sync(catalog, progress=ticks.append)
+    assert report.labels_added == 600 and report.vectors_total == 1200
+    assert ticks == [256, 256, 88]
+    # Each label record carries its own name vector: names find themselves.
+    records = index._records.get(ids=["L0", "L599"], include=["embeddings"])
+    expected = embedder.embed([catalog.labels["L0"].name, catalog.labels["L599"].name])
+    assert np.allclose(np.asarray(records["embeddings"]), expected, atol=1e-5)
+    assert index.sync(catalog).labels_unchanged == 600  # nothing re-embedded the second time
+
+
+def test_worker_process_build_matches_in_process(tmp_path: Path,
+                                                 embedder: SentenceTransformerEmbedder) -> None:
+    catalog = many_labels(300)
+    worker = make_settings(tmp_path / "worker", index_worker_min_texts=0)
+    report, _ = index_catalog(worker, catalog)
+    assert report.vectors_total == 600
+    inline = LabelIndex(chroma_client(tmp_path / "inline"), embedder)
+    inline.sync(catalog)
+    query = embedder.embed(["I want the blue amber red item 121 please"])
+    built = build_index(worker, embedder)
+    assert [h.label_id for h in built.search(query, 5)[0]] == \
+        [h.label_id for h in inline.search(query, 5)[0]]
+
+
+def test_process_embedder_reproduces_its_factory(tmp_path: Path,
+                                                 embedder: SentenceTransformerEmbedder) -> None:
+    texts = ["a cup of coffee", "tax return deadline"]
+    with ProcessEmbedder(embedder_factory(make_settings(tmp_path))) as worker:
+        assert (worker.name, worker.dim) == (embedder.name, embedder.dim)
+        assert np.allclose(worker.embed(texts), embedder.embed(texts), atol=1e-5)
+        assert worker.embed([]).shape == (0, embedder.dim)
