@@ -82,6 +82,10 @@ class CachedRetriever:
     def neighbours(self) -> int:
         return self.inner.neighbours
 
+    @property
+    def evidence(self) -> bool:
+        return self.inner.evidence
+
     def describe(self) -> str:
         """The wrapped retriever's method."""
         return self.inner.describe()
@@ -90,7 +94,7 @@ class CachedRetriever:
                    within: frozenset[str] | None = None) -> list[list[Candidate]]:
         """Cached shortlists; only the misses go through the embedder and Chroma."""
         scope = (self.index.fingerprint(), self.inner.describe(), retrieval_code_hash(),
-                 self.inner.neighbours, top_k, _digest(within))
+                 self.inner.neighbours, top_k, _digest(within), self.inner.evidence)
         keys = [_key("retrieval", scope, text) for text in texts]
         found = self.store.get_many(keys)
         missing = [i for i, key in enumerate(keys) if key not in found]

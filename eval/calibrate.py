@@ -147,7 +147,7 @@ def calibrate(pipeline: Pipeline, dataset: Dataset, metric: str = "auto",
     widen = BranchConfig().widen
     index = pipeline.index
     # One search deep enough for branch mode; its first `flat_depth` hits are exactly flat's.
-    hits = index.search(index.embedder.embed(texts), flat_depth * widen)
+    hits = index.search(index.embedder.embed(texts), flat_depth * widen, with_texts=False)
     assignable = retriever.assignable()  # type: ignore[attr-defined]
     results = [scored(how, [aggregate(h[:flat_depth], how, top_k, assignable) for h in hits])
                for how in AGGREGATIONS]

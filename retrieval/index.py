@@ -37,6 +37,7 @@ class Hit:
     similarity: float
     rank: int
     vector: np.ndarray | None = field(default=None, compare=False, repr=False)
+    vector_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,11 @@ def vector_id(label_id: str, kind: str, text: str) -> str:
     """Content-addressed id, so an unchanged text is never re-embedded."""
     digest = hashlib.sha1(f"{kind}\x1f{text}".encode()).hexdigest()[:16]
     return f"{label_id}\x1f{digest}"
+
+
+def label_of(vid: str) -> str:
+    """The label id inside a vector id."""
+    return vid.rsplit("\x1f", 1)[0]
 
 
 class LabelIndex:
@@ -164,26 +170,33 @@ class LabelIndex:
         return {"embedder": meta.get("embedder"), "dim": meta.get("dim"),
                 "catalog_hash": meta.get("catalog_hash"), "labels": len(self._labels)}
 
-    def search(self, vectors: np.ndarray, n: int, with_vectors: bool = False) -> list[list[Hit]]:
-        """The `n` nearest label vectors of each query vector, best first (with their
-        embeddings when asked)."""
+    def search(self, vectors: np.ndarray, n: int, with_vectors: bool = False,
+               with_texts: bool = True) -> list[list[Hit]]:
+        """The `n` nearest label vectors of each query vector, best first. Without texts the
+        hits carry only label id and similarity (Chroma then skips its row lookups, the larger
+        part of a query's cost); embeddings come along when asked."""
         total = self._count
         if total == 0:
             raise EmptyIndexError("the index is empty: run `labelrank index CATALOG` first")
         n = min(n, total)
-        include = ["metadatas", "documents", "distances"] + (["embeddings"] if with_vectors else [])
+        include = ["distances"]
+        include += ["metadatas", "documents"] if with_texts else []
+        include += ["embeddings"] if with_vectors else []
         results = []
         for start in range(0, len(vectors), _QUERY_BATCH):
             found = self._vectors.query(query_embeddings=vectors[start:start + _QUERY_BATCH],
                                         n_results=n, include=include)
-            embeddings = found["embeddings"] if with_vectors else [None] * len(found["ids"])
-            for metas, docs, dists, embs in zip(found["metadatas"], found["documents"],
-                                                found["distances"], embeddings, strict=True):
+            for row, (ids, dists) in enumerate(zip(found["ids"], found["distances"],
+                                                   strict=True)):
+                metas = found["metadatas"][row] if with_texts else None
+                docs = found["documents"][row] if with_texts else None
+                embs = found["embeddings"][row] if with_vectors else None
                 results.append([
-                    Hit(meta["label_id"], meta["kind"], doc, 1.0 - float(dist), rank,
-                        None if embs is None else np.asarray(embs[rank - 1], dtype=np.float32))
-                    for rank, (meta, doc, dist) in enumerate(zip(metas, docs, dists,
-                                                                 strict=True), 1)
+                    Hit(metas[i]["label_id"] if metas else label_of(vid),
+                        metas[i]["kind"] if metas else "", docs[i] if docs else "",
+                        1.0 - float(dist), i + 1,
+                        None if embs is None else np.asarray(embs[i], dtype=np.float32), vid)
+                    for i, (vid, dist) in enumerate(zip(ids, dists, strict=True))
                 ])
         return results
 

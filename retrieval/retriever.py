@@ -23,8 +23,11 @@ class Retriever:
 
     def __init__(self, index: LabelIndex, aggregation: Aggregation, neighbours: int = 100,
                  subqueries: SubqueryConfig | None = None, lexical_weight: float = 0.0,
-                 branching: BranchConfig | None = None) -> None:
+                 branching: BranchConfig | None = None, evidence: bool = True) -> None:
         self.index = index
+        # Evidence (the matched example texts) is read only for prompts; without it a search
+        # skips Chroma's row lookups.
+        self.evidence = evidence
         self.aggregation = aggregation
         self.neighbours = neighbours
         self.subqueries = subqueries
@@ -59,7 +62,8 @@ class Retriever:
         if within is not None:  # the filter drops most hits: look further to keep enough
             depth *= min(MAX_WIDEN, -(-len(assignable) // len(allowed)))
         vectors = self.index.embedder.embed(texts)
-        hits = self.index.search(vectors, depth, with_vectors=self.subqueries is not None)
+        hits = self.index.search(vectors, depth, with_vectors=self.subqueries is not None,
+                                 with_texts=self.evidence)
         if self.subqueries is None:
             shortlists = [aggregate(h, self.aggregation, pool_k, allowed) for h in hits]
         else:
@@ -94,7 +98,8 @@ class Retriever:
         parts = [segments(text, config) for text in texts]
         flat = [part for text_parts in parts for part in text_parts]
         part_vectors = self.index.embedder.embed(flat)
-        part_hits = (self.index.search(part_vectors, config.neighbours, with_vectors=True)
+        part_hits = (self.index.search(part_vectors, config.neighbours, with_vectors=True,
+                                       with_texts=self.evidence)
                      if flat else [])
         results, start = [], 0
         for position, (whole, text_parts) in enumerate(zip(hits, parts, strict=True)):

@@ -93,10 +93,10 @@ def fuse_parts(whole: Sequence[Hit], parts: Sequence[Sequence[Hit]], query: np.n
                allowed: Set[str]) -> list[Candidate]:
     """Score each vector found by the text or any part exactly, as weight x similarity to the
     whole text + (1 - weight) x best similarity to a part; a label takes its best vector."""
-    pool: dict[tuple[str, str], Hit] = {}
+    pool: dict[str, Hit] = {}
     for hit in [*whole, *(h for part in parts for h in part)]:
         if hit.label_id in allowed and hit.vector is not None:
-            pool.setdefault((hit.label_id, hit.text), hit)
+            pool.setdefault(hit.vector_id or f"{hit.label_id}\x1f{hit.text}", hit)
     if not pool:
         return []
     hits = list(pool.values())

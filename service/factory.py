@@ -122,9 +122,10 @@ def build_pipeline(settings: Settings, index: LabelIndex | None = None) -> Pipel
                                 ) if settings.subqueries else None
     branching = (BranchConfig(settings.branch_depth, settings.branches)
                  if settings.retrieval_mode == "branch" else None)
+    selector = build_selector(settings)
     retriever = Retriever(index, aggregation, settings.neighbours, subqueries,
-                          settings.lexical_weight, branching)
+                          settings.lexical_weight, branching, evidence=selector is not None)
     return Pipeline(retriever, threshold,
-                    top_k=settings.top_k, selector=build_selector(settings),
+                    top_k=settings.top_k, selector=selector,
                     max_text_chars=settings.max_text_chars,
                     llm_concurrency=settings.llm_concurrency)

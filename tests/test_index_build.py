@@ -62,3 +62,13 @@ def test_process_embedder_reproduces_its_factory(tmp_path: Path,
         assert (worker.name, worker.dim) == (embedder.name, embedder.dim)
         assert np.allclose(worker.embed(texts), embedder.embed(texts), atol=1e-5)
         assert worker.embed([]).shape == (0, embedder.dim)
+
+
+def test_search_without_texts_finds_the_same_hits(mini_index: LabelIndex) -> None:
+    query = mini_index.embedder.embed(["how finely should I grind beans for espresso"])
+    full = mini_index.search(query, 20)[0]
+    lean = mini_index.search(query, 20, with_texts=False)[0]
+    assert [(h.label_id, h.vector_id, round(h.similarity, 6)) for h in lean] == \
+        [(h.label_id, h.vector_id, round(h.similarity, 6)) for h in full]
+    assert all(h.text == "" and h.kind == "" for h in lean)
+    assert {h.kind for h in full} >= {"name", "example"}
