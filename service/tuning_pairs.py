@@ -47,11 +47,13 @@ def make_pairs(texts_by_label: Mapping[str, Sequence[str]], labels: Mapping[str,
     pairs = []
     for label_id, texts in texts_by_label.items():
         names = label_texts_of(labels[label_id])
-        for text in texts:
+        for i, text in enumerate(texts):
             pairs.append(Pair(text, rng.choice(names), label_id, "label"))
-            others = [t for t in texts if t != text]
-            if others:
-                pairs.append(Pair(text, rng.choice(others), label_id, "text"))
+            if len(texts) > 1:
+                j = rng.randrange(len(texts) - 1)
+                other = texts[j + (j >= i)]  # any position but this text's own
+                if other != text:
+                    pairs.append(Pair(text, other, label_id, "text"))
     rng.shuffle(pairs)
     return pairs[:max_pairs] if max_pairs else pairs
 
