@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 WHEELS ?= $(HOME)/.cache/labelrank-wheels
 LLAMA_CPP := llama-cpp-python==0.3.36
 
-.PHONY: install demo test lint llm-install test-llm serve-local
+.PHONY: install demo test test-slow lint llm-install test-llm serve-local
 
 $(BIN)/labelrank: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# Minutes-long tests: real multi-process servers, kill -9 during indexing, schema fuzzing.
+test-slow: install
+	$(BIN)/python -m pytest -m slow
 
 lint: install
 	$(BIN)/ruff check .

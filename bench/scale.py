@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -87,7 +88,13 @@ def phase_build(args: dict) -> dict:
     catalog = scale_catalog(args["labels"], args["per_label"])
     report, seconds = index_catalog(settings_for(Path(args["db"]), args["backend"]), catalog)
     return {"labels": len(catalog), "vectors": report.vectors_total, "build_s": round(seconds, 1),
-            "build_texts_per_s": round(report.vectors_added / seconds)}
+            "build_texts_per_s": round(report.vectors_added / seconds),
+            "build_main_rss_gb": _rss_gb(resource.RUSAGE_SELF),
+            "build_worker_rss_gb": _rss_gb(resource.RUSAGE_CHILDREN)}
+
+
+def _rss_gb(who: int) -> float:
+    return round(resource.getrusage(who).ru_maxrss / 2**20, 2)
 
 
 def phase_raw(args: dict) -> dict:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
@@ -11,7 +11,7 @@ import numpy as np
 from eval.datasets import Dataset, refuse_test_split
 from eval.metrics import is_single_label
 from retrieval.branches import BranchConfig, within_branches
-from retrieval.decision import Threshold
+from retrieval.decision import Threshold, top_scores
 from retrieval.fusion import Aggregation, Candidate, aggregate
 from retrieval.taxonomy import taxonomy_of
 from service.pipeline import Pipeline
@@ -52,6 +52,7 @@ class Calibration:
                 "threshold": self.threshold.min_similarity,
                 "relative_threshold": self.threshold.relative,
                 "max_labels": self.threshold.max_labels,
+                "relative_per_branch": self.threshold.per_branch,
                 "retrieval_mode": "branch" if self.branching else "flat",
                 "branch_depth": branch.depth, "branches": branch.branches}
 
@@ -60,23 +61,29 @@ class Shortlists:
     """Shortlists as matrices (texts x rank), so every threshold rule is scored at numpy speed."""
 
     def __init__(self, shortlists: Sequence[Sequence[Candidate]],
-                 gold: Sequence[Sequence[str]]) -> None:
+                 gold: Sequence[Sequence[str]],
+                 branch_of: Callable[[str], str] | None = None) -> None:
         width = max((len(s) for s in shortlists), default=1) or 1
         rows = len(shortlists)
         self.similarity = np.full((rows, width), -np.inf)
         self.relative = np.full((rows, width), -np.inf)
+        self.relative_in_branch = np.full((rows, width), -np.inf)
         self.correct = np.zeros((rows, width), dtype=bool)
         for row, (cands, labels) in enumerate(zip(shortlists, gold, strict=True)):
-            top = cands[0].score if cands else 1.0
+            tops = top_scores(cands)
+            branch_tops = top_scores(cands, branch_of) if branch_of else tops
             for col, cand in enumerate(cands):
                 self.similarity[row, col] = cand.similarity
-                self.relative[row, col] = cand.score / top if top else 0.0
+                self.relative[row, col] = cand.score / tops[col] if tops[col] else 0.0
+                self.relative_in_branch[row, col] = (cand.score / branch_tops[col]
+                                                     if branch_tops[col] else 0.0)
                 self.correct[row, col] = cand.label_id in labels
         self.n_gold = np.array([len(set(g)) for g in gold])
 
     def score(self, rule: Threshold, metric: str) -> float:
         """The metric of the rule's predictions, with the conventions of eval.metrics."""
-        passing = (self.similarity >= rule.min_similarity) & (self.relative >= rule.relative)
+        relative = self.relative_in_branch if rule.per_branch else self.relative
+        passing = (self.similarity >= rule.min_similarity) & (relative >= rule.relative)
         chosen = passing & (np.cumsum(passing, axis=1) <= rule.max_labels)
         tp = (chosen & self.correct).sum(axis=1)
         n_pred = chosen.sum(axis=1)
@@ -96,14 +103,16 @@ class Shortlists:
         return float(np.mean(np.where(both_empty, 1.0, np.nan_to_num(per_text))))
 
 
-def best_threshold(shortlists: Shortlists, metric: str,
-                   max_labels_grid: Sequence[int]) -> tuple[Threshold, float]:
+def best_threshold(shortlists: Shortlists, metric: str, max_labels_grid: Sequence[int],
+                   per_branch: Sequence[bool] = (False,)) -> tuple[Threshold, float]:
     """The threshold rule that scores best on these shortlists (ties: the first found)."""
     best, best_value = Threshold(), -1.0
     for max_labels in max_labels_grid:
-        for relative in RELATIVES if max_labels > 1 else (0.0,):
+        scopes = per_branch if max_labels > 1 else (False,)
+        for scope, relative in ((s, r) for s in scopes
+                                for r in (RELATIVES if max_labels > 1 else (0.0,))):
             for similarity in SIMILARITIES:
-                rule = Threshold(similarity, relative, max_labels)
+                rule = Threshold(similarity, relative, max_labels, scope)
                 value = shortlists.score(rule, metric)
                 if value > best_value + 1e-12:
                     best, best_value = rule, value
@@ -133,9 +142,15 @@ def calibrate(pipeline: Pipeline, dataset: Dataset, metric: str = "auto",
     max_labels_grid = sorted({1, 2, 3, 5, min(widest, 10)} if widest > 1 else {1})
     select_by = "f1_samples" if metric == "candidate_recall" else metric
 
+    taxonomy = taxonomy_of(pipeline.index.labels)
+    hierarchical = taxonomy.max_depth() > 0
+    branch_of = (lambda label_id: taxonomy.branch(label_id, 0)) if hierarchical else None
+    scopes = (False, True) if hierarchical else (False,)
+
     def scored(how: Aggregation, shortlists: list[list[Candidate]],
                branching: BranchConfig | None = None) -> Calibration:
-        rule, value = best_threshold(Shortlists(shortlists, gold), select_by, max_labels_grid)
+        rule, value = best_threshold(Shortlists(shortlists, gold, branch_of), select_by,
+                                     max_labels_grid, scopes)
         recall = candidate_recall(shortlists, gold)
         return Calibration(how, rule, metric, recall if metric == "candidate_recall" else value,
                            recall, branching)
@@ -155,7 +170,6 @@ def calibrate(pipeline: Pipeline, dataset: Dataset, metric: str = "auto",
     results = [scored(how, [aggregate(h[:flat_depth], how, top_k, assignable) for h in hits])
                for how in AGGREGATIONS]
     best = max(results, key=lambda c: (c.value, c.candidate_recall))
-    taxonomy = taxonomy_of(index.labels)
     depths = range(min(taxonomy.max_depth(), MAX_BRANCH_DEPTH))
     flat = best
     if depths:

@@ -88,7 +88,8 @@ def calibrate(
         mark = " <-" if cal is best else ""
         rule = cal.threshold
         typer.echo(f"{cal.describe():<34}{cal.value:>18.4f}{cal.candidate_recall:>14.4f}"
-                   f"  sim>={rule.min_similarity:.2f} rel>={rule.relative:.2f} "
+                   f"  sim>={rule.min_similarity:.2f} rel>={rule.relative:.2f}"
+                   f"{' (of branch top)' if rule.per_branch else ''} "
                    f"max={rule.max_labels}{mark}")
     if not dry_run:
         pipeline.index.save_calibration(calibration_record(best, data))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from retrieval.fusion import Candidate
@@ -10,21 +10,37 @@ from retrieval.fusion import Candidate
 
 @dataclass(frozen=True)
 class Threshold:
-    """A label is chosen when its similarity and its share of the top score are both high enough."""
+    """A label is chosen when its similarity and its share of the top score are both high enough;
+    with `per_branch`, the top score of its own taxonomy branch, so that a label from an
+    unrelated branch is not judged against another branch's winner."""
 
     min_similarity: float = 0.4
     relative: float = 0.5
     max_labels: int = 3
+    per_branch: bool = False
 
 
-def choose(candidates: Sequence[Candidate], rule: Threshold) -> list[Candidate]:
+def choose(candidates: Sequence[Candidate], rule: Threshold,
+           branch_of: Callable[[str], str] | None = None) -> list[Candidate]:
     """Candidates that pass the rule, best first, at most `rule.max_labels`; may be empty."""
     if not candidates:
         return []
-    top = candidates[0].score
-    chosen = [c for c in candidates
+    tops = top_scores(candidates, branch_of if rule.per_branch else None)
+    chosen = [c for c, top in zip(candidates, tops, strict=True)
               if c.similarity >= rule.min_similarity and c.score >= rule.relative * top]
     return chosen[: rule.max_labels]
+
+
+def top_scores(candidates: Sequence[Candidate],
+               branch_of: Callable[[str], str] | None = None) -> list[float]:
+    """Per candidate (best first), the top score it is compared with: the list's, or its
+    branch's when `branch_of` is given."""
+    if branch_of is None:
+        return [candidates[0].score] * len(candidates) if candidates else []
+    best: dict[str, float] = {}
+    for cand in candidates:
+        best.setdefault(branch_of(cand.label_id), cand.score)
+    return [best[branch_of(c.label_id)] for c in candidates]
 
 
 def why_none(candidates: Sequence[Candidate], rule: Threshold) -> tuple[str, str]:

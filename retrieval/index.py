@@ -192,7 +192,7 @@ class LabelIndex:
                 docs = found["documents"][row] if with_texts else None
                 embs = found["embeddings"][row] if with_vectors else None
                 results.append([
-                    Hit(metas[i]["label_id"] if metas else label_of(vid),
+                    Hit(metas[i]["label_id"] if metas else vid[:vid.rindex("\x1f")],
                         metas[i]["kind"] if metas else "", docs[i] if docs else "",
                         1.0 - float(dist), i + 1,
                         None if embs is None else np.asarray(embs[i], dtype=np.float32), vid)

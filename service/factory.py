@@ -99,7 +99,7 @@ def build_selector(settings: Settings) -> LLMSelector | None:
 
 CALIBRATED_FIELDS = ("aggregation", "rrf_k", "max_hits_per_label", "threshold",
                      "relative_threshold", "max_labels", "retrieval_mode", "branch_depth",
-                     "branches")
+                     "branches", "relative_per_branch")
 
 
 def effective_settings(settings: Settings, index: LabelIndex) -> Settings:
@@ -116,7 +116,8 @@ def build_pipeline(settings: Settings, index: LabelIndex | None = None) -> Pipel
     settings = effective_settings(settings, index)
     aggregation = Aggregation(settings.aggregation, settings.rrf_k,
                               settings.max_hits_per_label or None)
-    threshold = Threshold(settings.threshold, settings.relative_threshold, settings.max_labels)
+    threshold = Threshold(settings.threshold, settings.relative_threshold, settings.max_labels,
+                          settings.relative_per_branch)
     subqueries = SubqueryConfig(settings.subqueries, settings.subquery_max_words,
                                 settings.subquery_weight, settings.subquery_neighbours
                                 ) if settings.subqueries else None

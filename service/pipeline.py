@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from prompts.render import Option
@@ -138,8 +138,9 @@ class Pipeline:
     def _with_threshold(self, candidates: list[Candidate], max_labels: int,
                         degraded_reason: str | None = None,
                         subtree: str | None = None) -> ClassifyResult:
-        rule = Threshold(self.threshold.min_similarity, self.threshold.relative, max_labels)
-        chosen = choose(candidates, rule)
+        rule = replace(self.threshold, max_labels=max_labels)
+        taxonomy = taxonomy_of(self.index.labels)
+        chosen = choose(candidates, rule, lambda label_id: taxonomy.branch(label_id, 0))
         none_reason: NoneReason | None = None
         reason = degraded_reason
         if not chosen:

@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     max_hits_per_label: int = Field(3, ge=0)
     threshold: float = Field(0.4, ge=-1, le=1)
     relative_threshold: float = Field(0.5, ge=0, le=1)
+    relative_per_branch: bool = False
     max_labels: int = Field(5, ge=1, le=100)
     max_text_chars: int = Field(20_000, ge=1)
     subqueries: int = Field(0, ge=0, le=5)

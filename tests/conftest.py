@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from retrieval.catalog import load_catalog
@@ -72,3 +78,38 @@ def llm_pipeline(tmp_path: Path, mini_index: LabelIndex, fake_llm: FakeOpenAI) -
                              llm_model="fake-model", llm_max_attempts=3, llm_max_wait_s=0.05,
                              llm_timeout_s=2.0, top_k=5, threshold=0.3)
     return build_pipeline(settings, index=mini_index)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, process: subprocess.Popen, timeout_s: float = 60) -> None:
+    """Poll `url` until it answers 2xx; fail early if the process died."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).is_success:
+                return
+        assert process.poll() is None, f"{process.args[0]} exited with {process.returncode}"
+        assert time.monotonic() < deadline, f"{url} did not answer in {timeout_s} s"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def chroma_server(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """A real `chroma run` on a free loopback port."""
+    port = free_port()
+    chroma = Path(sys.executable).parent / "chroma"
+    process = subprocess.Popen([str(chroma), "run", "--path", str(tmp_path / "chroma"),
+                                "--host", "127.0.0.1", "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/api/v2/heartbeat", process, timeout_s=30)
+        yield "127.0.0.1", port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -397,30 +394,6 @@ def test_metrics_count_requests_results_and_llm_use(
     assert sample("results_total", mode="llm", degraded="false") == 1
     assert sample("degraded_results_total", reason="llm_failed: server_error") == 1
     assert sample("labels") == 9
-
-
-@pytest.fixture
-def chroma_server(tmp_path: Path) -> Iterator[tuple[str, int]]:
-    """A real `chroma run` on a free loopback port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    chroma = Path(sys.executable).parent / "chroma"
-    process = subprocess.Popen([str(chroma), "run", "--path", str(tmp_path / "chroma"),
-                                "--host", "127.0.0.1", "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/api/v2/heartbeat").is_success:
-                    break
-            assert process.poll() is None and time.monotonic() < deadline, "chroma run failed"
-            time.sleep(0.1)
-        yield "127.0.0.1", port
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_workers_share_a_chroma_server(tmp_path: Path, embedder: Embedder,

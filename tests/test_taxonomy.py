@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from eval.calibrate import Shortlists
 from retrieval.branches import BranchConfig, within_branches
 from retrieval.catalog import Label
+from retrieval.decision import Threshold, choose
 from retrieval.embedder import Embedder
 from retrieval.fusion import Aggregation, Candidate
 from retrieval.index import LabelIndex
@@ -159,3 +161,30 @@ def _slots(request: dict, *names: str) -> list[str]:
 
     listed = slots_in_prompt(request)
     return [slot for slot, name in listed.items() if name in names]
+
+
+def test_per_branch_relative_threshold_keeps_a_second_branch() -> None:
+    tax = deep_taxonomy()
+
+    def branch(label_id: str) -> str:
+        return tax.branch(label_id, 0)
+
+    cands = [Candidate("e", 1.0, 0.8), Candidate("a.b.c", 0.3, 0.6), Candidate("a.b.d", 0.1, 0.5)]
+    overall, per_branch = Threshold(0.45, 0.5, 3), Threshold(0.45, 0.5, 3, per_branch=True)
+    assert [c.label_id for c in choose(cands, overall, branch)] == ["e"]
+    # a.b.c leads its own branch; a.b.d has a third of that branch's top score
+    assert [c.label_id for c in choose(cands, per_branch, branch)] == ["e", "a.b.c"]
+    matrices = Shortlists([cands], [["e", "a.b.c"]], branch)
+    assert matrices.score(per_branch, "f1_samples") == 1.0
+    assert matrices.score(overall, "f1_samples") == pytest.approx(2 / 3)
+
+
+def test_pipeline_relative_threshold_per_branch(tmp_path: Path, mini_index: LabelIndex) -> None:
+    def labels(**overrides: object) -> set[str]:
+        settings = make_settings(tmp_path, top_k=8, threshold=0.3, relative_threshold=0.95,
+                                 **overrides)
+        result = build_pipeline(settings, index=mini_index).classify(TWO_BRANCHES, RETRIEVAL)
+        return {lab.id for lab in result.labels}
+
+    assert len(labels()) == 1
+    assert labels(relative_per_branch=True) == {"pets.dogs", "food.coffee"}
