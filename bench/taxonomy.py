@@ -84,15 +84,21 @@ def report_row(settings: Settings, cal: Calibration, name: str) -> dict:
 
 
 def evaluate(name: str, root: Path, base: Settings, context: bool) -> list[dict]:
-    """Best flat and best branch calibration (on half a), each reported on half b."""
+    """Best flat and best branch calibration (on half a), each reported on half b; on a
+    taxonomy also the best flat one whose relative threshold is overall, not per branch."""
     settings = index_settings(name, root, base, context)
     dev = load_dataset(DATA / name / "valid.jsonl", half="a")
-    _, table = calibrate(build_pipeline(settings), dev)
-    best = {}
+    pipeline = build_pipeline(settings)
+    chosen, table = calibrate(pipeline, dev)
+    best: dict[str, Calibration] = {}
+    if any(cal.threshold.per_branch for cal in table):
+        overall, _ = calibrate(pipeline, dev, per_branch=False)
+        best["flat, overall relative threshold"] = overall
     for cal in table:
         kind = "branch" if cal.branching else "flat"
         if kind not in best or cal.value > best[kind].value + 1e-9:
             best[kind] = cal
+    print(f"  calibrate chooses: {chosen.describe()} {chosen.settings()}", flush=True)
     rows = []
     for kind, cal in best.items():
         row = report_row(settings, cal, name)

@@ -128,7 +128,8 @@ def candidate_recall(shortlists: Sequence[Sequence[Candidate]],
 
 
 def calibrate(pipeline: Pipeline, dataset: Dataset, metric: str = "auto",
-              top_k: int | None = None) -> tuple[Calibration, list[Calibration]]:
+              top_k: int | None = None,
+              per_branch: bool = True) -> tuple[Calibration, list[Calibration]]:
     """Search every aggregation and threshold, then flat against branch retrieval with the best
     aggregation; return the best and the best per variant (see BRANCH_MARGIN)."""
     refuse_test_split(dataset.path)
@@ -145,7 +146,7 @@ def calibrate(pipeline: Pipeline, dataset: Dataset, metric: str = "auto",
     taxonomy = taxonomy_of(pipeline.index.labels)
     hierarchical = taxonomy.max_depth() > 0
     branch_of = (lambda label_id: taxonomy.branch(label_id, 0)) if hierarchical else None
-    scopes = (False, True) if hierarchical else (False,)
+    scopes = (False, True) if hierarchical and per_branch else (False,)
 
     def scored(how: Aggregation, shortlists: list[list[Candidate]],
                branching: BranchConfig | None = None) -> Calibration:
