@@ -72,7 +72,8 @@ def run(name: str, root: Path, baseline_root: Path, config: TuneConfig, reuse: b
     if not (root / "base" / spec.folder).exists() and (baseline_root / spec.folder).exists():
         shutil.copytree(baseline_root / spec.folder, root / "base" / spec.folder)
     settings, _, _ = build(spec, root / "base", base)  # no-op when the copy is current
-    model_dir = root / "models" / f"{name}-e{config.epochs}-p{config.max_pairs or 'all'}"
+    model_dir = root / "models" / (f"{name}-e{config.epochs}-p{config.max_pairs or 'all'}"
+                                   f"-lr{config.learning_rate:g}")
     tuned_db = root / f"tuned-{model_dir.name}"
     if not (reuse and (model_dir / PROVENANCE_FILE).exists()):
         for stale in (model_dir, tuned_db):  # a rerun starts clean: new weights, new index
