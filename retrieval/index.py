@@ -62,6 +62,7 @@ class SyncReport:
     vectors_removed: int = 0
     vectors_total: int = 0
     changed_ids: list[str] = field(default_factory=list)
+    examples_left_out: int = 0  # not pivots of a label over the example cap
 
 
 def chroma_client(path: str | Path | None = None, host: str | None = None, port: int = 8000):

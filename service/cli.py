@@ -46,6 +46,8 @@ def index(
         f"labels: +{report.labels_added} ~{report.labels_updated} -{report.labels_removed} "
         f"={report.labels_unchanged}; vectors: +{report.vectors_added} -{report.vectors_removed}"
         f" (total {report.vectors_total}); {seconds:.1f} s, {rate:.0f} texts/s", err=True)
+    if report.examples_left_out:
+        typer.echo(f"examples left out (not pivots): {report.examples_left_out}", err=True)
 
 
 @app.command()

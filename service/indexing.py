@@ -12,6 +12,7 @@ from tqdm import tqdm
 from retrieval.catalog import Catalog, load_catalog, load_examples
 from retrieval.embedder import Embedder
 from retrieval.index import SyncReport, label_texts
+from retrieval.pivots import pivot_catalog
 from retrieval.process_embedder import ProcessEmbedder
 from service.factory import build_embedder, build_index, embedder_factory
 from service.settings import Settings
@@ -32,10 +33,21 @@ def index_catalog(settings: Settings, catalog: Catalog,
     started = time.perf_counter()
     with _build_embedder(settings, catalog) as embedder:
         index = build_index(settings, embedder)
+        dropped = 0
+        if settings.max_examples_per_label:
+            catalog, dropped = _with_pivots(catalog, embedder, settings.max_examples_per_label)
         with tqdm(total=len(catalog), unit="label", desc="indexing", leave=False,
                   disable=None, mininterval=1.0) as bar:
             report = index.sync(catalog, progress=bar.update, prune=prune)
+    report.examples_left_out = dropped
     return report, time.perf_counter() - started
+
+
+def _with_pivots(catalog: Catalog, embedder: Embedder, cap: int) -> tuple[Catalog, int]:
+    over = sum(len(label.examples) > cap for label in catalog.labels.values())
+    with tqdm(total=over, unit="label", desc="choosing pivots", leave=False,
+              disable=None, mininterval=1.0) as bar:
+        return pivot_catalog(catalog, embedder, cap, progress=bar.update)
 
 
 @contextmanager

@@ -9,6 +9,7 @@ import numpy as np
 from retrieval.catalog import Catalog, Label
 from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.index import LabelIndex, chroma_client
+from retrieval.pivots import choose_pivots
 from retrieval.process_embedder import ProcessEmbedder
 from service.factory import build_index, embedder_factory
 from service.indexing import index_catalog
@@ -72,3 +73,32 @@ def test_search_without_texts_finds_the_same_hits(mini_index: LabelIndex) -> Non
         [(h.label_id, h.vector_id, round(h.similarity, 6)) for h in full]
     assert all(h.text == "" and h.kind == "" for h in lean)
     assert {h.kind for h in full} >= {"name", "example"}
+
+
+CLUSTERS = {
+    "coffee": ["how fine should I grind espresso beans", "best grind size for espresso",
+               "my espresso tastes bitter, grind coarser?", "espresso grinder settings"],
+    "taxes": ["when is the income tax return deadline", "can I deduct my home office on taxes",
+              "filing my tax return late", "tax deductions for freelancers"],
+    "cats": ["my kitten bites my hands", "why does my cat scratch the sofa",
+             "cat keeps meowing at night", "how to stop a kitten from biting"],
+}
+
+
+def test_pivots_cover_every_cluster(embedder: SentenceTransformerEmbedder) -> None:
+    texts = [t for group in CLUSTERS.values() for t in group]
+    keep = choose_pivots(embedder.embed(texts), 3)
+    assert len(keep) == 3
+    assert {texts[i] for i in keep} & set(CLUSTERS["coffee"])
+    assert {texts[i] for i in keep} & set(CLUSTERS["taxes"])
+    assert {texts[i] for i in keep} & set(CLUSTERS["cats"])
+    assert choose_pivots(embedder.embed(texts[:2]), 3) == [0, 1]
+
+
+def test_index_caps_examples_with_pivots(tmp_path: Path) -> None:
+    texts = tuple(t for group in CLUSTERS.values() for t in group)
+    catalog = Catalog({"mixed": Label("mixed", "Mixed bag", examples=texts),
+                       "small": Label("small", "Small", examples=texts[:2])})
+    report, _ = index_catalog(make_settings(tmp_path, max_examples_per_label=3), catalog)
+    assert report.examples_left_out == len(texts) - 3
+    assert report.vectors_total == (1 + 3) + (1 + 2)
