@@ -93,7 +93,7 @@ def evaluate(name: str, root: Path, base: Settings, context: bool) -> list[dict]
     best: dict[str, Calibration] = {}
     if any(cal.threshold.per_branch for cal in table):
         overall, _ = calibrate(pipeline, dev, per_branch=False)
-        best["flat, overall relative threshold"] = overall
+        best["chosen with an overall relative threshold"] = overall
     for cal in table:
         kind = "branch" if cal.branching else "flat"
         if kind not in best or cal.value > best[kind].value + 1e-9:
