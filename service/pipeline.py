@@ -147,7 +147,10 @@ class Pipeline:
             none_reason, why = _subtree_empty(subtree) if not candidates and subtree \
                 else why_none(candidates, rule)
             reason = reason or why
-        return ClassifyResult(labels=self._scores(chosen), candidates=self._scores(candidates),
+        scores = self._scores(candidates)
+        by_id = {score.id: score for score in scores}
+        return ClassifyResult(labels=[by_id[c.label_id] for c in chosen if c.label_id in by_id],
+                              candidates=scores,
                               mode="retrieval", degraded=degraded_reason is not None,
                               reason=reason, none_reason=none_reason)
 
