@@ -94,7 +94,8 @@ class CachedRetriever:
                    within: frozenset[str] | None = None) -> list[list[Candidate]]:
         """Cached shortlists; only the misses go through the embedder and Chroma."""
         scope = (self.index.fingerprint(), self.inner.describe(), retrieval_code_hash(),
-                 self.inner.neighbours, top_k, _digest(within), self.inner.evidence)
+                 self.inner.neighbours, top_k, _digest(within), self.inner.evidence,
+                 getattr(self.index.embedder, "backend", "torch"))
         keys = [_key("retrieval", scope, text) for text in texts]
         found = self.store.get_many(keys)
         missing = [i for i, key in enumerate(keys) if key not in found]

@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     chroma_port: int = 8000
     collection: str = "labelrank"
     embedder: str = "all-MiniLM-L6-v2"
-    embedder_backend: Literal["torch", "onnx", "onnx-int8"] = "torch"
+    embedder_backend: Literal["torch", "onnx", "onnx-int8"] = "onnx"
     embedder_cache: Path | None = None
     embed_batch_size: int = Field(128, ge=1)
     embed_threads: int | None = Field(None, ge=1)

@@ -83,7 +83,8 @@ def test_faulty_llm_every_id_once_in_order(tmp_path: Path, db: Path, index: Labe
     rows = [{"id": f"r{i}", "text": "" if i % 50 == 49 else f"item {i}: {TOPICS[i % 6]}"}
             for i in range(300)]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
-    settings = llm_settings(tmp_path, db, fake_llm, llm_timeout_s=0.25, llm_concurrency=8)
+    settings = llm_settings(tmp_path, db, fake_llm, llm_timeout_s=0.25, llm_concurrency=8,
+                            llm_breaker_failures=0)  # per-item fault reasons, no breaker
     stats = run_batch(build_pipeline(settings, index=index), settings, str(source),
                       tmp_path / "out.jsonl", LLM, tty=False)
     out = read_output(tmp_path / "out.jsonl")
