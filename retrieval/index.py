@@ -23,6 +23,7 @@ _LABEL_CHUNK = 256
 _PAGE = 5000
 # Chroma turns one query batch into SQL with a bounded number of variables.
 _QUERY_BATCH = 256
+_MAX_ROWS = 25_000
 
 Progress = Callable[[int], None]
 
@@ -183,9 +184,12 @@ class LabelIndex:
         include = ["distances"]
         include += ["metadatas", "documents"] if with_texts else []
         include += ["embeddings"] if with_vectors else []
+        # Fetching texts makes Chroma look rows up in SQLite, one variable per row: keep
+        # queries x neighbours under SQLite's limit (32,766).
+        step = max(1, min(_QUERY_BATCH, _MAX_ROWS // n)) if with_texts else _QUERY_BATCH
         results = []
-        for start in range(0, len(vectors), _QUERY_BATCH):
-            found = self._vectors.query(query_embeddings=vectors[start:start + _QUERY_BATCH],
+        for start in range(0, len(vectors), step):
+            found = self._vectors.query(query_embeddings=vectors[start:start + step],
                                         n_results=n, include=include)
             for row, (ids, dists) in enumerate(zip(found["ids"], found["distances"],
                                                    strict=True)):

@@ -40,6 +40,9 @@ def test_pipelined_sync_writes_every_chunk(tmp_path: Path,
     expected = embedder.embed([catalog.labels["L0"].name, catalog.labels["L599"].name])
     assert np.allclose(np.asarray(records["embeddings"]), expected, atol=1e-5)
     assert index.sync(catalog).labels_unchanged == 600  # nothing re-embedded the second time
+    # Deep searches with texts stay under SQLite's variable limit (300 x 400 rows here).
+    deep = index.search(embedder.embed(["blue amber item"] * 300), 400)
+    assert len(deep) == 300 and all(len(hits) == 400 for hits in deep)
 
 
 def test_worker_process_build_matches_in_process(tmp_path: Path,
