@@ -24,6 +24,7 @@ Precision = Literal["fp32", "int8"]
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "labelrank/onnx"
 # Bumped when the export recipe changes, so stale cached graphs are not reused.
 _RECIPE = "2"
+_TOKENS_PER_RUN = 8192
 
 
 class OnnxEmbedder:
@@ -43,6 +44,9 @@ class OnnxEmbedder:
         graph = exported_graph(source, precision, cache_dir or DEFAULT_CACHE)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # The arena keeps every size it ever served; with text-dependent shapes it only grows
+        # (measured: 4.8 GB after ~200K texts). Plain allocations return memory after each run.
+        options.enable_cpu_mem_arena = False
         if threads:
             options.intra_op_num_threads = threads
         try:
@@ -66,10 +70,19 @@ class OnnxEmbedder:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         with self._lock:
             encodings = self._tokenizer.encode_batch(list(texts))
-            order = np.argsort([len(e.ids) for e in encodings], kind="stable")
-            for start in range(0, len(order), self.batch_size):
-                rows = order[start:start + self.batch_size]
+            lengths = np.array([len(e.ids) for e in encodings])
+            order = np.argsort(lengths, kind="stable")
+            start = 0
+            while start < len(order):
+                # Activations grow with batch x width (attention with width squared): cap the
+                # tokens per run so long texts go in smaller batches and memory stays flat.
+                stop = start + 1
+                while (stop < len(order) and stop - start < self.batch_size
+                       and (stop - start + 1) * lengths[order[stop]] <= _TOKENS_PER_RUN):
+                    stop += 1
+                rows = order[start:stop]
                 out[rows] = self._run([encodings[i] for i in rows])
+                start = stop
         return out
 
     def _run(self, encodings: list) -> np.ndarray:
