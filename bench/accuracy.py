@@ -20,7 +20,7 @@ from pathlib import Path
 from eval.calibrate import calibrate
 from eval.datasets import Dataset, load_dataset
 from eval.run import EvalConfig, run_eval
-from retrieval.catalog import load_catalog, load_examples
+from retrieval.catalog import Catalog, load_catalog, load_examples
 from service.factory import build_index, build_pipeline
 from service.settings import Settings
 
@@ -78,6 +78,16 @@ def split(dataset: Dataset, salt: str) -> tuple[Dataset, Dataset]:
 def build(spec: Spec, root: Path, base: Settings) -> tuple[Settings, float, int]:
     """Index the dataset's catalog and examples; returns settings, seconds, vector count."""
     settings = base.model_copy(update={"db": root / spec.folder})
+    catalog = dataset_catalog(spec)
+    index = build_index(settings)
+    started = time.perf_counter()
+    report = index.sync(catalog)
+    return settings, time.perf_counter() - started if report.vectors_added else 0.0, \
+        report.vectors_total
+
+
+def dataset_catalog(spec: Spec) -> Catalog:
+    """The dataset's catalog with the examples this benchmark indexes."""
     catalog = load_catalog(DATA / spec.folder / "catalog.jsonl")
     for name in spec.examples:
         examples = load_examples(DATA / spec.folder / f"{name}.jsonl", catalog)
@@ -85,11 +95,7 @@ def build(spec: Spec, root: Path, base: Settings) -> tuple[Settings, float, int]
             examples = {lid: [t for t in texts if _text_half(t) == "index"]
                         for lid, texts in examples.items()}
         catalog = catalog.with_examples(examples)
-    index = build_index(settings)
-    started = time.perf_counter()
-    report = index.sync(catalog)
-    return settings, time.perf_counter() - started if report.vectors_added else 0.0, \
-        report.vectors_total
+    return catalog
 
 
 def _text_half(text: str) -> str:

@@ -16,30 +16,22 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from accuracy import DATA, SPECS, _text_half, split  # bench/ is on sys.path as the script dir
+from accuracy import (  # bench/ is on sys.path as the script dir
+    DATA,
+    SPECS,
+    _text_half,
+    dataset_catalog,
+    split,
+)
 
 from eval.calibrate import calibrate
 from eval.datasets import load_dataset
 from eval.run import EvalConfig, run_eval
-from retrieval.catalog import load_catalog, load_examples
 from service.factory import build_pipeline
 from service.indexing import index_catalog
 from service.settings import Settings
 
 COLUMNS = ("candidate_recall@K", "accuracy", "in_scope_accuracy", "none_recall")
-
-
-def catalog_of(name: str):
-    """The dataset's catalog with the examples bench/accuracy.py indexes."""
-    spec = SPECS[name]
-    catalog = load_catalog(DATA / spec.folder / "catalog.jsonl")
-    for split_name in spec.examples:
-        examples = load_examples(DATA / spec.folder / f"{split_name}.jsonl", catalog)
-        if spec.holdout_from_train:
-            examples = {lid: [t for t in texts if _text_half(t) == "index"]
-                        for lid, texts in examples.items()}
-        catalog = catalog.with_examples(examples)
-    return catalog
 
 
 def disk_mb(path: Path) -> float:
@@ -51,7 +43,7 @@ def run(name: str, cap: int, root: Path) -> dict:
     settings = Settings(_env_file=None, db=root / f"{name}-cap{cap}", llm_base_url=None,
                         llm_api_key=None, max_examples_per_label=cap, top_k=spec.top_k)
     started = time.perf_counter()
-    report, _ = index_catalog(settings, catalog_of(name))
+    report, _ = index_catalog(settings, dataset_catalog(spec))
     build_s = time.perf_counter() - started
     data = load_dataset(DATA / spec.folder / f"{spec.eval_split}.jsonl")
     if spec.holdout_from_train:

@@ -115,7 +115,7 @@ def phase_serve(args: dict) -> dict:
     from service.factory import build_embedder, build_pipeline
     from service.pipeline import ClassifyOptions
 
-    settings = settings_for(Path(args["db"]), args["backend"])
+    settings = settings_for(Path(args["db"]), args.get("serve_backend") or args["backend"])
     pipeline = build_pipeline(settings)
     embedder = build_embedder(settings)
     queries = sentences(QUERY_SOURCES)
@@ -198,6 +198,8 @@ def main() -> None:
     parser.add_argument("--labels", type=int, nargs="+", default=[3000])
     parser.add_argument("--examples-per-label", type=int, default=20)
     parser.add_argument("--backend", default="onnx-int8", choices=["torch", "onnx", "onnx-int8"])
+    parser.add_argument("--serve-backend", choices=["torch", "onnx", "onnx-int8"],
+                        help="Serve (and query) with another backend than the build's.")
     parser.add_argument("--root", type=Path, default=Path(tempfile.gettempdir()) / "lr-scale")
     parser.add_argument("--queries", type=int, default=300, help="Single-text classify calls.")
     parser.add_argument("--batch", type=int, default=2000, help="Texts in the batch classify.")
@@ -220,8 +222,10 @@ def main() -> None:
         if db.exists() and not opts.reuse:
             shutil.rmtree(db)
         args = {"labels": n_labels, "per_label": opts.examples_per_label, "db": str(db),
-                "backend": opts.backend, "queries": opts.queries, "batch": opts.batch}
-        row = {"requested_labels": n_labels, "backend": opts.backend, "cpus": os.cpu_count()}
+                "backend": opts.backend, "serve_backend": opts.serve_backend,
+                "queries": opts.queries, "batch": opts.batch}
+        row = {"requested_labels": n_labels, "backend": opts.backend,
+               "serve_backend": opts.serve_backend or opts.backend, "cpus": os.cpu_count()}
         for phase in ["build", "raw", "serve", "recall"]:
             if (phase == "recall" and not opts.recall) or (phase == "raw" and opts.skip_raw):
                 continue
