@@ -38,7 +38,7 @@ class OnnxEmbedder:
 
         source = resolve_model_path(model)
         self.name = model
-        self.backend = f"onnx-{precision}"
+        self.backend = "onnx" if precision == "fp32" else "onnx-int8"  # as the setting names it
         self.batch_size = batch_size
         self._pooling = _pooling_mode(source)
         graph = exported_graph(source, precision, cache_dir or DEFAULT_CACHE)

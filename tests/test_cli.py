@@ -74,3 +74,4 @@ def test_info_shows_what_is_in_effect(db: Path) -> None:
     info = json.loads(done.stdout)
     assert info["index"]["embedder"] == "all-MiniLM-L6-v2" and info["assignable_labels"] == 6
     assert info["retrieval"] == "rrf(k=1,m=3)" and info["calibration"] is None
+    assert info["embedder_backend"] == "onnx"  # the default runtime
