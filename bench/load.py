@@ -53,12 +53,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(db: Path, port: int, env: dict[str, str]) -> subprocess.Popen:
-    """`labelrank serve` on loopback, waited on until /readyz answers 200."""
+def start_server(db: Path, port: int, env: dict[str, str],
+                 log: Path | None = None) -> subprocess.Popen:
+    """`labelrank serve` on loopback, waited on until /readyz answers 200 (stderr to `log`)."""
     command = [sys.executable, "-c", "from service.cli import main; main()", "serve",
                "--db", str(db), "--host", "127.0.0.1", "--port", str(port)]
+    stderr = log.open("w") if log else subprocess.DEVNULL
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:

@@ -42,6 +42,17 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def first_traceback(log: str) -> list[str]:
+    """The first Python traceback in the server's stderr, if any (what a 5xx hides)."""
+    lines = log.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("Traceback")), None)
+    if start is None:
+        return []
+    end = next((i for i in range(start + 1, len(lines)) if lines[i] and lines[i][0] not in " T"
+                and not lines[i].startswith("During")), len(lines) - 1)
+    return lines[start:end + 1][-40:]
+
+
 def first_slot(request: dict) -> Reply:
     """A well-behaved model: picks the first candidate."""
     return Reply.labels("C01")
@@ -124,7 +135,7 @@ def main() -> None:
                "LABELRANK_API_KEY": "", "LABELRANK_API_WRITE_KEY": "",
                "LABELRANK_CHROMA_HOST": "", "LABELRANK_EMBED_THREADS": "1"}
         port = free_port()
-        server = start_server(db, port, env)
+        server = start_server(db, port, env, log=Path(tmp) / "serve.log")
         try:
             url = f"http://127.0.0.1:{port}"
             httpx.post(f"{url}/v1/classify", json={"text": texts[0]}, timeout=60)  # warm up
@@ -137,6 +148,7 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(30)
+            server_log = (Path(tmp) / "serve.log").read_text(errors="replace")
 
     latencies = sorted(stats["latencies"])
     served = len(latencies)
@@ -152,6 +164,7 @@ def main() -> None:
         "max_ms": round(latencies[-1] * 1000, 1) if latencies else 0.0,
         "rss_start_mb": round(rss_start, 1), "rss_end_mb": round(rss_end, 1),
         "rss_samples_mb": stats["rss_samples_mb"],
+        "first_server_traceback": first_traceback(server_log),
     }
     print(json.dumps(report, indent=2))
     if args.out:
