@@ -196,13 +196,18 @@ class LabelIndex:
                 metas = found["metadatas"][row] if with_texts else None
                 docs = found["documents"][row] if with_texts else None
                 embs = found["embeddings"][row] if with_vectors else None
-                results.append([
-                    Hit(metas[i]["label_id"] if metas else vid[:vid.rindex("\x1f")],
+                hits: list[Hit] = []
+                for i, (vid, dist) in enumerate(zip(ids, dists, strict=True)):
+                    if metas is not None and metas[i] is None:
+                        # Deleted by a concurrent label write after the graph search found it
+                        # (seen under label churn): it no longer belongs to any label.
+                        continue
+                    hits.append(Hit(
+                        metas[i]["label_id"] if metas else vid[:vid.rindex("\x1f")],
                         metas[i]["kind"] if metas else "", docs[i] if docs else "",
-                        1.0 - float(dist), i + 1,
-                        None if embs is None else np.asarray(embs[i], dtype=np.float32), vid)
-                    for i, (vid, dist) in enumerate(zip(ids, dists, strict=True))
-                ])
+                        1.0 - float(dist), len(hits) + 1,
+                        None if embs is None else np.asarray(embs[i], dtype=np.float32), vid))
+                results.append(hits)
         return results
 
     # -- writing -------------------------------------------------------------
