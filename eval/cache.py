@@ -95,7 +95,7 @@ class CachedRetriever:
         """Cached shortlists; only the misses go through the embedder and Chroma."""
         scope = (self.index.fingerprint(), self.inner.describe(), retrieval_code_hash(),
                  self.inner.neighbours, top_k, _digest(within), self.inner.evidence,
-                 getattr(self.index.embedder, "backend", "torch"))
+                 self.index.embedder.backend)
         keys = [_key("retrieval", scope, text) for text in texts]
         found = self.store.get_many(keys)
         missing = [i for i, key in enumerate(keys) if key not in found]

@@ -49,11 +49,9 @@ def aggregate(hits: Sequence[Hit], how: Aggregation, top_k: int,
         if how.method == "max":
             score = best[0].similarity
         else:
-            score = 0.0
-            for hit in best:
-                score += 1.0 / (how.k + hit.rank)
-        evidence = tuple(h.text for h in group if h.kind == "example")[:2] if group[0].text \
-            else ()
+            score = sum(1.0 / (how.k + hit.rank) for hit in best)
+        # Hits searched without texts have no kind, so they give no evidence.
+        evidence = tuple(h.text for h in group if h.kind == "example")[:2]
         scored.append(Candidate(label_id, score, best[0].similarity, evidence))
     scored.sort(key=lambda c: (-c.score, -c.similarity, c.label_id))
     return scored[:top_k]

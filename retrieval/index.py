@@ -102,8 +102,8 @@ def vector_id(label_id: str, kind: str, text: str) -> str:
 
 
 def label_of(vid: str) -> str:
-    """The label id inside a vector id."""
-    return vid.rsplit("\x1f", 1)[0]
+    """The label id inside a vector id (the inverse of `vector_id`)."""
+    return vid[:vid.rindex("\x1f")]
 
 
 class LabelIndex:
@@ -203,7 +203,7 @@ class LabelIndex:
                         # (seen under label churn): it no longer belongs to any label.
                         continue
                     hits.append(Hit(
-                        metas[i]["label_id"] if metas else vid[:vid.rindex("\x1f")],
+                        metas[i]["label_id"] if metas else label_of(vid),
                         metas[i]["kind"] if metas else "", docs[i] if docs else "",
                         1.0 - float(dist), len(hits) + 1,
                         None if embs is None else np.asarray(embs[i], dtype=np.float32), vid))
@@ -297,7 +297,7 @@ class LabelIndex:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-ahead") as ahead:
             current = next(plans, None)
             pending = ahead.submit(self._embed_plan, current) if current else None
-            while current is not None and pending is not None:
+            while current is not None and pending is not None:  # both or neither
                 vectors, names = pending.result()
                 following = next(plans, None)
                 pending = ahead.submit(self._embed_plan, following) if following else None

@@ -50,7 +50,7 @@ def _load(factory: Callable[[], Embedder]) -> None:
 
 def _describe() -> tuple[str, int, str]:
     assert _worker is not None
-    return _worker.name, _worker.dim, getattr(_worker, "backend", "torch")
+    return _worker.name, _worker.dim, _worker.backend
 
 
 def _embed(texts: list[str]) -> np.ndarray:

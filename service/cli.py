@@ -119,7 +119,7 @@ def info(db: DbOpt = None) -> None:
     assignable = sum(lab.assignable for lab in index.labels.values())
     typer.echo(json.dumps({
         "db": str(settings.chroma_host or settings.db), "index": index.fingerprint(),
-        "embedder_backend": getattr(index.embedder, "backend", "torch"),
+        "embedder_backend": index.embedder.backend,
         "assignable_labels": assignable, "vectors": index.vector_count(),
         "retrieval": pipeline.retriever.describe(),  # type: ignore[attr-defined]
         "top_k": pipeline.top_k, "threshold": pipeline.threshold.__dict__,
