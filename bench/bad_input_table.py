@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from retrieval.catalog import load_catalog  # noqa: E402
 from retrieval.embedder import SentenceTransformerEmbedder  # noqa: E402
 from retrieval.index import LabelIndex, chroma_client  # noqa: E402
-from service.api import create_app  # noqa: E402
+from service.api.app import create_app  # noqa: E402
 from tests.bad_inputs import API_CASES, CATALOG_CASES, index_command, send  # noqa: E402
 from tests.conftest import MINI_CATALOG, make_settings  # noqa: E402
 from tests.test_api import serve, wait_ready  # noqa: E402

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from service.batch import BatchOptions, default_chunk_size, run_batch
+from service.batch.run import BatchOptions, default_chunk_size, run_batch
 from service.factory import build_pipeline
 from service.indexing import build_or_update
 from service.settings import Settings

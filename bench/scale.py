@@ -165,9 +165,7 @@ def stage_costs(pipeline: Pipeline, batch: list[str], batch_rate: float) -> dict
         return value
 
     vectors = timed("embed", lambda: index.embedder.embed(batch))
-    timed("chroma_query", lambda: [
-        index._vectors.query(query_embeddings=vectors[i:i + 256], n_results=retriever.neighbours,
-                             include=["distances"]) for i in range(0, len(vectors), 256)])
+    timed("chroma_query", lambda: index.nearest_ids(vectors, retriever.neighbours))
     hits = timed("search_with_hits", lambda: index.search(vectors, retriever.neighbours,
                                                           with_texts=False))
     allowed = retriever.assignable()
@@ -183,22 +181,14 @@ def phase_recall(args: dict) -> dict:
 
     settings = settings_for(Path(args["db"]), args["backend"])
     index = build_index(settings)
-    collection = index._vectors  # the bench reads raw vectors; the product never needs to
-    matrix, offset = [], 0
-    while True:
-        page = collection.get(include=["embeddings"], limit=5000, offset=offset)
-        if not page["ids"]:
-            break
-        matrix.append(np.asarray(page["embeddings"], dtype=np.float32))
-        offset += len(page["ids"])
-    vectors = np.vstack(matrix)
+    stored = list(index.iter_vectors())
+    vectors = np.vstack([row.vector for row in stored])
     queries = sentences(QUERY_SOURCES)[:200]
     embedded = build_embedder(settings).embed(queries)
     # Repeated texts give exact ties, so a hit counts when it is at least as near as the exact
     # 100th neighbour (whichever copy of a tied vector either search returned).
     exact_100th = -np.sort(-(embedded @ vectors.T), axis=1)[:, 99]
-    found = collection.query(query_embeddings=embedded, n_results=100,
-                             include=["distances"])["distances"]
+    _, found = index.nearest_ids(embedded, 100)
     recall = [np.mean(1.0 - np.asarray(dists) >= cut - 1e-5)
               for dists, cut in zip(found, exact_100th, strict=True)]
     return {"hnsw_recall_at_100": round(float(np.mean(recall)), 4)}

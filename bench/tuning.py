@@ -26,9 +26,9 @@ from accuracy import COLUMNS, DATA, NAIVE, SPECS, Spec, _text_half, build, split
 
 from eval.datasets import Dataset, load_dataset
 from eval.run import EvalConfig, run_eval
+from retrieval.tune.train import PROVENANCE_FILE, TuneConfig, tune
 from service.factory import build_index
 from service.settings import Settings
-from service.tuning import PROVENANCE_FILE, TuneConfig, tune
 
 VARIANTS = {"naive (max-sim)": NAIVE, "default (rrf k=1 m=3)": {}}
 

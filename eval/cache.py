@@ -101,12 +101,11 @@ class CachedRetriever:
         missing = [i for i, key in enumerate(keys) if key not in found]
         fresh = (self.inner.candidates([texts[i] for i in missing], top_k, within)
                  if missing else [])
-        new = {keys[i]: json.dumps([asdict(c) for c in cands])
+        new = {keys[i]: json.dumps([c.to_json() for c in cands])
                for i, cands in zip(missing, fresh, strict=True)}
         self.store.put_many(new)
         found.update(new)
-        return [[Candidate(c["label_id"], c["score"], c["similarity"], tuple(c["evidence"]))
-                 for c in json.loads(found[key])] for key in keys]
+        return [[Candidate.from_json(c) for c in json.loads(found[key])] for key in keys]
 
 
 class CachedSelector:

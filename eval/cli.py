@@ -8,9 +8,9 @@ from typing import Annotated
 import typer
 
 from eval.doctor_catalog import doctor_catalog
-from service.cli import DbOpt, TopKOpt, app, settings_from
-from service.cli import main as service_main
-from service.doctor import doctor_app
+from service.cli.commands import DbOpt, TopKOpt, app, settings_from
+from service.cli.commands import main as service_main
+from service.cli.doctor import doctor_app
 
 doctor_app.command("catalog")(doctor_catalog)
 

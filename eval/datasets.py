@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 from retrieval.errors import LabelrankError
+from retrieval.rows import jsonl_rows
 
 
 class DatasetError(LabelrankError):
@@ -51,19 +52,13 @@ def load_dataset(path: str | Path, limit: int | None = None, half: str | None = 
         raise DatasetError(f"dataset not found: {path}", path=str(path))
     raw = path.read_bytes()
     examples = []
-    for line_no, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            row = None
-        text = row.get("text") if isinstance(row, dict) else None
-        labels = row.get("labels", []) if isinstance(row, dict) else None
+    for row in jsonl_rows(io.BytesIO(raw), skip_blank=True):
+        data = row.data or {}
+        text, labels = data.get("text"), data.get("labels", [])
         if not isinstance(text, str) or not isinstance(labels, list):
-            raise DatasetError(f"{path.name}:{line_no}: expected {{text, labels: [...]}}",
-                               path=str(path), line=line_no)
-        example = Example(str(row.get("id", line_no)), text, tuple(labels))
+            raise DatasetError(f"{path.name}:{row.line}: expected {{text, labels: [...]}}",
+                               path=str(path), line=row.line)
+        example = Example(str(data.get("id", row.line)), text, tuple(labels))
         if half and in_half(example.id) != half:
             continue
         examples.append(example)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from service.cli import DbOpt, settings_from
+from service.cli.commands import DbOpt, settings_from
 
 
 def doctor_catalog(
@@ -24,7 +24,7 @@ def doctor_catalog(
     """Overlapping labels, bare labels, names that miss, and a PNG map of label centroids."""
     from eval.catalog_map import confused_pairs, plot_map
     from eval.run import load_run
-    from service.catalog_doctor import diagnose
+    from retrieval.diagnose import diagnose
     from service.factory import build_index
 
     index = build_index(settings_from(db))

@@ -4,6 +4,8 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 
+from retrieval.iterables import dedupe
+
 __all__ = ["cross_branch", "evaluate", "is_single_label", "per_label", "recall_curve"]
 
 Labels = Sequence[str]
@@ -34,7 +36,7 @@ def _check_labels(labels: Labels) -> Labels:
 
 def _dedupe(labels: Labels) -> list[str]:
     """Labels with duplicates removed, keeping first occurrence."""
-    return list(dict.fromkeys(_check_labels(labels)))
+    return dedupe(_check_labels(labels))
 
 
 def _check_lengths(**columns: Sequence[Labels]) -> int:

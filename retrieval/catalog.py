@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
@@ -12,6 +11,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from retrieval.errors import CatalogError
+from retrieval.iterables import dedupe
+from retrieval.rows import csv_rows, format_of, jsonl_rows
 
 
 class LabelRecord(BaseModel):
@@ -100,7 +101,7 @@ class Catalog:
         if unknown:
             raise CatalogError(f"examples name unknown label ids: {unknown[:5]}", field="labels")
         merged = {
-            lid: replace(label, examples=_dedupe([*label.examples, *examples.get(lid, [])]))
+            lid: replace(label, examples=_nonempty([*label.examples, *examples.get(lid, [])]))
             for lid, label in self.labels.items()
         }
         return Catalog(merged)
@@ -111,9 +112,8 @@ def load_catalog(path: str | Path) -> Catalog:
     path = Path(path)
     if not path.is_file():
         raise CatalogError(f"catalog file not found: {path}", path=str(path))
-    rows = _csv_rows(path) if path.suffix.lower() == ".csv" else _jsonl_rows(path)
     labels: dict[str, Label] = {}
-    for line_no, row in rows:
+    for line_no, row in _rows(path):
         record = _parse_record(row, path, line_no)
         if record.id in labels:
             raise CatalogError(
@@ -122,8 +122,8 @@ def load_catalog(path: str | Path) -> Catalog:
             )
         labels[record.id] = Label(
             id=record.id, name=record.name, description=record.description,
-            aliases=tuple(_dedupe(record.aliases)), parent=record.parent,
-            assignable=record.assignable, examples=tuple(_dedupe(record.examples)),
+            aliases=tuple(_nonempty(record.aliases)), parent=record.parent,
+            assignable=record.assignable, examples=tuple(_nonempty(record.examples)),
         )
     if not labels:
         raise CatalogError(f"catalog {path} has no labels", path=str(path))
@@ -150,7 +150,7 @@ def load_examples(path: str | Path, catalog: Catalog) -> dict[str, list[str]]:
 
 def _example_rows(path: Path) -> Iterator[tuple[int, list[str], str]]:
     is_csv = path.suffix.lower() == ".csv"
-    for line_no, row in _csv_rows(path) if is_csv else _jsonl_rows(path):
+    for line_no, row in _rows(path):
         if is_csv:
             label_ids, text = [str(row.get("label_id") or "").strip()], row.get("text")
         else:
@@ -170,26 +170,22 @@ def _example_rows(path: Path) -> Iterator[tuple[int, list[str], str]]:
         yield line_no, label_ids, text.strip()
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, start=1):
-            line = _utf8(raw, path, line_no)
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except (json.JSONDecodeError, RecursionError) as exc:
-                reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
-                raise CatalogError(
-                    f"{path.name}:{line_no}: not valid JSON ({reason})",
-                    path=str(path), line=line_no,
-                ) from None
-            if not isinstance(row, dict):
-                raise CatalogError(
-                    f"{path.name}:{line_no}: expected a JSON object",
-                    path=str(path), line=line_no,
-                )
-            yield line_no, row
+def _rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """The file's records (blank lines skipped, empty CSV cells dropped); a bad line raises."""
+    fmt = format_of(path.name)
+    if fmt == "csv":
+        with path.open("rb") as raw:
+            for line_no, line in enumerate(raw, start=1):
+                _utf8(line, path, line_no)  # name the bad line before csv reads the file
+    with path.open("rb") as stream:
+        rows = (jsonl_rows(stream, skip_blank=True) if fmt == "jsonl"
+                else csv_rows(stream, skip_blank=True, short_ok=True))
+        for row in rows:
+            if row.data is None:
+                raise CatalogError(f"{path.name}:{row.line}: {row.problem}",
+                                   path=str(path), line=row.line)
+            yield row.line, ({k: v for k, v in row.data.items() if v not in (None, "")}
+                             if fmt == "csv" else row.data)
 
 
 def _utf8(raw: bytes, path: Path, line_no: int) -> str:
@@ -198,21 +194,6 @@ def _utf8(raw: bytes, path: Path, line_no: int) -> str:
     except UnicodeDecodeError as exc:
         raise CatalogError(f"{path.name}:{line_no}: not valid UTF-8 (byte {exc.start + 1})",
                            path=str(path), line=line_no) from None
-
-
-def _csv_rows(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open("rb") as raw:
-        for line_no, line in enumerate(raw, start=1):
-            _utf8(line, path, line_no)  # name the bad line before csv reads the file
-    with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        for row in reader:
-            if None in row:
-                raise CatalogError(
-                    f"{path.name}:{reader.line_num}: more fields than the header has",
-                    path=str(path), line=reader.line_num,
-                )
-            yield reader.line_num, {k: v for k, v in row.items() if v not in (None, "")}
 
 
 def _parse_record(row: dict, path: Path, line_no: int) -> LabelRecord:
@@ -248,5 +229,5 @@ def _check_parents(labels: dict[str, Label], path: Path) -> None:
             parent = labels[parent].parent
 
 
-def _dedupe(texts: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(t for t in texts if t))
+def _nonempty(texts: Iterable[str]) -> list[str]:
+    return dedupe(t for t in texts if t)

@@ -35,6 +35,17 @@ class Candidate:
     similarity: float
     evidence: tuple[str, ...] = ()
 
+    def to_json(self) -> dict[str, object]:
+        """As a JSON object (run files, caches, prepared batches)."""
+        return {"label_id": self.label_id, "score": self.score, "similarity": self.similarity,
+                "evidence": list(self.evidence)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Candidate:
+        """The inverse of `to_json`."""
+        return cls(data["label_id"], data["score"], data["similarity"],
+                   tuple(data.get("evidence", ())))
+
 
 def aggregate(hits: Sequence[Hit], how: Aggregation, top_k: int,
               allowed: Container[str] | None = None) -> list[Candidate]:

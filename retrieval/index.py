@@ -15,6 +15,7 @@ import numpy as np
 from retrieval.catalog import Catalog, Label
 from retrieval.embedder import Embedder
 from retrieval.errors import EmptyIndexError, IndexMismatchError, UnknownLabelError
+from retrieval.iterables import chunks
 
 SCHEMA_VERSION = 1
 KINDS = ("name", "alias", "description", "example")
@@ -25,7 +26,7 @@ _PAGE = 5000
 _QUERY_BATCH = 256
 _MAX_ROWS = 25_000
 
-Progress = Callable[[int], None]
+ProgressCallback = Callable[[int], None]
 
 
 @dataclass(slots=True)  # not frozen: searches build ~100 per text, and frozen init is 4x slower
@@ -39,6 +40,17 @@ class Hit:
     rank: int
     vector: np.ndarray | None = field(default=None, compare=False, repr=False)
     vector_id: str = ""
+
+
+@dataclass(frozen=True)
+class StoredVector:
+    """One vector as stored: its id, label, kind of text, the text and the embedding."""
+
+    vector_id: str
+    label_id: str
+    kind: str
+    text: str
+    vector: np.ndarray = field(compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -210,9 +222,29 @@ class LabelIndex:
                 results.append(hits)
         return results
 
+    def iter_vectors(self) -> Iterator[StoredVector]:
+        """Every stored label vector with its label, kind and text (a full scan, page by page)."""
+        for vid, meta, doc, vector in _pages(self._vectors,
+                                              ["metadatas", "documents", "embeddings"]):
+            yield StoredVector(vid, meta["label_id"], meta["kind"], doc,
+                               np.asarray(vector, dtype=np.float32))
+
+    def nearest_ids(self, vectors: np.ndarray, n: int) -> tuple[list[list[str]], list[list[float]]]:
+        """Chroma's raw answer: the ids and cosine distances of each query's `n` nearest
+        vectors, best first, with no hit objects built (the cheapest query there is)."""
+        ids: list[list[str]] = []
+        distances: list[list[float]] = []
+        for start in range(0, len(vectors), _QUERY_BATCH):
+            found = self._vectors.query(query_embeddings=vectors[start:start + _QUERY_BATCH],
+                                        n_results=min(n, max(self._count, 1)),
+                                        include=["distances"])
+            ids += found["ids"]
+            distances += found["distances"]
+        return ids, distances
+
     # -- writing -------------------------------------------------------------
 
-    def sync(self, catalog: Catalog, progress: Progress | None = None,
+    def sync(self, catalog: Catalog, progress: ProgressCallback | None = None,
              prune: bool = True) -> SyncReport:
         """Make the index hold exactly `catalog` (or only add, without pruning), by content hash."""
         with self._lock:
@@ -290,10 +322,10 @@ class LabelIndex:
             )
 
     def _write_labels(self, labels: list[Label], stored: set[str], report: SyncReport,
-                      progress: Progress | None) -> None:
+                      progress: ProgressCallback | None) -> None:
         # Embedding chunk k+1 overlaps writing chunk k: the embedder releases the GIL (or runs
         # in another process, see ProcessEmbedder), while Chroma's add holds it.
-        plans = (self._plan(chunk, stored) for chunk in _chunks(labels, _LABEL_CHUNK))
+        plans = (self._plan(chunk, stored) for chunk in chunks(labels, _LABEL_CHUNK))
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-ahead") as ahead:
             current = next(plans, None)
             pending = ahead.submit(self._embed_plan, current) if current else None
@@ -355,7 +387,7 @@ class LabelIndex:
 
     def _delete_vectors_of(self, label_ids: list[str]) -> int:
         removed = 0
-        for chunk in _chunks(label_ids, 512):
+        for chunk in chunks(label_ids, 512):
             ids = self._vector_ids_of(chunk)
             if ids:
                 self._vectors.delete(ids=ids)
@@ -363,12 +395,12 @@ class LabelIndex:
         return removed
 
     def _stored_hashes(self) -> dict[str, str]:
-        return {rid: meta["hash"] for rid, meta, _ in self._pages(["metadatas"])}
+        return {rid: meta["hash"] for rid, meta, _, _ in _pages(self._records, ["metadatas"])}
 
     def _reload(self) -> None:
         """Read every label record from Chroma (on open and after a full sync)."""
         labels, hashes = {}, {}
-        for rid, meta, doc in self._pages(["metadatas", "documents"]):
+        for rid, meta, doc, _ in _pages(self._records, ["metadatas", "documents"]):
             labels[rid], hashes[rid] = _label_from_json(doc), meta["hash"]
         self._labels, self._hashes = labels, hashes
 
@@ -384,17 +416,6 @@ class LabelIndex:
             hashes.pop(label_id, None)
         self._labels, self._hashes = labels, hashes
 
-    def _pages(self, include: list[str]) -> Iterator[tuple[str, dict, str]]:
-        offset = 0
-        while True:
-            page = self._records.get(include=include, limit=_PAGE, offset=offset)
-            metas = page.get("metadatas") or [None] * len(page["ids"])
-            docs = page.get("documents") or [None] * len(page["ids"])
-            yield from zip(page["ids"], metas, docs, strict=True)
-            if len(page["ids"]) < _PAGE:
-                return
-            offset += _PAGE
-
     def _catalog_hash(self) -> str:
         digest = hashlib.sha256()
         for rid, hash_ in sorted(self._hashes.items()):
@@ -404,6 +425,22 @@ class LabelIndex:
     def _set_meta(self, **updates: object) -> None:
         meta = {**(self._vectors.metadata or {}), **updates}
         self._vectors.modify(metadata=meta)
+
+
+def _pages(collection, include: list[str]) -> Iterator[tuple[str, dict, str, object]]:
+    """Every row of a Chroma collection as (id, metadata, document, embedding), page by page."""
+    offset = 0
+    while True:
+        page = collection.get(include=include, limit=_PAGE, offset=offset)
+        count = len(page["ids"])
+        metas = page.get("metadatas") or [None] * count
+        docs = page.get("documents") or [None] * count
+        embeddings = page.get("embeddings")
+        vectors = [None] * count if embeddings is None else embeddings
+        yield from zip(page["ids"], metas, docs, vectors, strict=True)
+        if count < _PAGE:
+            return
+        offset += _PAGE
 
 
 def _label_json(label: Label) -> str:
@@ -417,8 +454,3 @@ def _label_from_json(doc: str) -> Label:
     return Label(id=data["id"], name=data["name"], description=data.get("description", ""),
                  aliases=tuple(data.get("aliases", ())), parent=data.get("parent"),
                  assignable=data.get("assignable", True))
-
-
-def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]

@@ -11,7 +11,7 @@ from retrieval.catalog import Label
 from retrieval.fusion import Aggregation, Candidate, aggregate
 from retrieval.index import LabelIndex
 from retrieval.lexical import Lexicon, boost
-from retrieval.segments import SubqueryConfig, fuse_parts, segments
+from retrieval.subqueries import SubqueryConfig, fuse_parts, segments
 from retrieval.taxonomy import taxonomy_of
 
 # A filtered request searches deeper, in proportion to how much the filter removes, up to this.

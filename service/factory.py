@@ -17,7 +17,7 @@ from retrieval.fusion import Aggregation
 from retrieval.index import LabelIndex, chroma_client
 from retrieval.onnx_embedder import OnnxEmbedder
 from retrieval.retriever import Retriever
-from retrieval.segments import SubqueryConfig
+from retrieval.subqueries import SubqueryConfig
 from service.pipeline import Pipeline
 from service.settings import Settings
 

@@ -149,7 +149,7 @@ def index_command(case: CatalogCase, workdir: Path, db: Path) -> tuple[int, str]
     from typer.testing import CliRunner
 
     from retrieval.errors import LabelrankError
-    from service.cli import app
+    from service.cli.commands import app
 
     workdir.mkdir(parents=True, exist_ok=True)
     catalog = workdir / "catalog.jsonl"

@@ -23,10 +23,10 @@ from typer.testing import CliRunner
 from retrieval.catalog import load_catalog
 from retrieval.embedder import Embedder
 from retrieval.index import LabelIndex, chroma_client
-from service.api import create_app
-from service.api_state import DirectoryBusyError
-from service.cli import app as cli_app
-from service.microbatch import MicroBatcher
+from service.api.app import create_app
+from service.api.microbatch import MicroBatcher
+from service.api.state import DirectoryBusyError
+from service.cli.commands import app as cli_app
 from service.results import ClassifyResult
 from service.settings import Settings
 from tests.conftest import MINI_CATALOG, make_settings

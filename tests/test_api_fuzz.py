@@ -14,7 +14,7 @@ from schemathesis.specs.openapi.checks import negative_data_rejection, positive_
 from retrieval.catalog import load_catalog
 from retrieval.embedder import Embedder
 from retrieval.index import LabelIndex, chroma_client
-from service.api import create_app
+from service.api.app import create_app
 from service.settings import Settings
 from tests.bad_inputs import API_CASES, CATALOG_CASES, ApiCase, CatalogCase, index_command, send
 from tests.conftest import MINI_CATALOG, make_settings

@@ -18,18 +18,18 @@ import pytest
 from retrieval.catalog import load_catalog
 from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.index import LabelIndex, chroma_client
-from service.batch import BatchOptions, run_batch
-from service.batch_io import CorruptOutputError
-from service.batch_meta import BatchMismatchError, meta_path
-from service.batch_report import Stats, estimate_cost, summary
+from service.batch.io import CorruptOutputError
+from service.batch.openai_files import batch_dir, collect, prepare
+from service.batch.report import Stats, estimate_cost, summary
+from service.batch.run import BatchOptions, run_batch
+from service.batch.sidecar import BatchMismatchError, meta_path
 from service.factory import build_pipeline
-from service.openai_batch import batch_dir, collect, prepare
 from service.pipeline import NoLLMConfigured, Pipeline
 from service.settings import Settings
 from tests.conftest import MINI_CATALOG, make_settings
 from tests.fake_openai import FakeOpenAI, Reply
 
-CLI = [sys.executable, "-c", "from service.cli import main; main()"]
+CLI = [sys.executable, "-c", "from service.cli.commands import main; main()"]
 TOPICS = ["my cat scratches the sofa", "when is my tax return due", "my sourdough did not rise",
           "espresso tastes sour", "how do I walk a puppy on a leash", "tracking grocery spending"]
 LLM = BatchOptions(mode="llm")
@@ -175,7 +175,7 @@ def test_malformed_lines_become_error_records(tmp_path: Path, db: Path, index: L
                      12: "invalid_input"}
     assert "line 2: not valid JSON" in out[1]["error"]["message"]
     assert "no 'text' field" in out[2]["error"]["message"]
-    assert "not UTF-8" in out[6]["error"]["message"]
+    assert "not valid UTF-8" in out[6]["error"]["message"]
     assert out[0]["labels"][0]["id"] == "pets.cats" and out[0]["id"] == 1
     assert out[10]["labels"][0]["id"] == "money.taxes" and out[10]["id"] is None
     assert "batch: 12/12 records" in capsys.readouterr().err  # plain progress lines off a tty

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from eval.catalog_map import confused_pairs
 from eval.cli import app
 from retrieval.catalog import Catalog, Label
+from retrieval.diagnose import diagnose
 from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.index import LabelIndex, chroma_client
-from service.catalog_doctor import diagnose
 
 LABELS = [
     Label("refund", "refund request", examples=(

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import MINI_CATALOG
 
-CLI = [sys.executable, "-c", "from service.cli import main; main()"]
+CLI = [sys.executable, "-c", "from service.cli.commands import main; main()"]
 
 
 def run(*args: str, stdin: str = "", db: Path) -> subprocess.CompletedProcess[str]:

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from retrieval.index import LabelIndex
-from service.cli import app
+from service.cli.commands import app
 from service.config_check import check_config, weak_key
 from tests.conftest import make_settings
 

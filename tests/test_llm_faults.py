@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from prompts.breaker import CircuitBreaker
 from retrieval.embedder import Embedder
 from retrieval.index import LabelIndex
-from service.api import create_app
+from service.api.app import create_app
 from service.factory import build_pipeline
 from service.pipeline import ClassifyOptions, Pipeline
 from service.results import ClassifyResult, ItemError

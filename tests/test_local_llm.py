@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from prompts.local_llm import MODEL_ALIAS, LocalLLMServer
 from retrieval.index import LabelIndex
 from service.factory import build_pipeline
-from service.local_llm import MODEL_ALIAS, LocalLLMServer
 from service.pipeline import ClassifyOptions
 from service.results import ClassifyResult
 from tests.conftest import make_settings

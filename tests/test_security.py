@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from retrieval.embedder import Embedder
 from retrieval.index import LabelIndex
-from service.api import create_app
+from service.api.app import create_app
 from tests.conftest import make_settings
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.test_api import wait_ready

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from retrieval.index import LabelIndex
-from retrieval.segments import SubqueryConfig, segments
+from retrieval.subqueries import SubqueryConfig, segments
 from service.factory import build_pipeline
 from service.pipeline import ClassifyOptions
 from tests.conftest import make_settings
@@ -39,7 +39,7 @@ def test_each_vector_is_scored_exactly_and_a_label_takes_its_best() -> None:
     import numpy as np
 
     from retrieval.index import Hit
-    from retrieval.segments import fuse_parts
+    from retrieval.subqueries import fuse_parts
 
     def unit(*xs: float) -> np.ndarray:
         v = np.array(xs, dtype=np.float32)

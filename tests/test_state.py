@@ -19,7 +19,7 @@ import pytest
 from retrieval.catalog import load_catalog
 from retrieval.embedder import Embedder
 from retrieval.index import LabelIndex, chroma_client
-from service.api import create_app
+from service.api.app import create_app
 from tests.conftest import MINI_CATALOG, make_settings
 from tests.test_api import serve, wait_ready
 
@@ -85,7 +85,7 @@ def synthetic_catalog(path: Path, labels: int) -> None:
 
 def run_index(catalog: Path, db: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", "from service.cli import main; main()", "index", str(catalog),
+        [sys.executable, "-c", "from service.cli.commands import main; main()", "index", str(catalog),
          "--db", str(db)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env={**os.environ, "LABELRANK_EMBED_THREADS": "1"})
 

@@ -17,7 +17,7 @@ from retrieval.fusion import Aggregation, Candidate
 from retrieval.index import LabelIndex
 from retrieval.retriever import Retriever
 from retrieval.taxonomy import Taxonomy, UnknownSubtreeError
-from service.api import create_app
+from service.api.app import create_app
 from service.factory import build_pipeline
 from service.pipeline import ClassifyOptions, Pipeline
 from tests.conftest import make_settings

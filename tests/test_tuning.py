@@ -17,8 +17,8 @@ from retrieval.catalog import load_catalog
 from retrieval.embedder import DEFAULT_MODEL, SentenceTransformerEmbedder, resolve_model_path
 from retrieval.errors import IndexMismatchError
 from retrieval.index import LabelIndex, chroma_client
-from service.tuning import PROVENANCE_FILE, TuneConfig, TuningError, tune
-from service.tuning_pairs import Row, distinct_label_batches
+from retrieval.tune.pairs import Row, distinct_label_batches
+from retrieval.tune.train import PROVENANCE_FILE, TuneConfig, TuningError, tune
 
 EXAMPLES = {
     "card.lost": ("lost card", ["I lost my card", "I can't find my card anywhere",
@@ -91,7 +91,7 @@ def test_tuning_moves_the_planted_pair_apart(tuned: dict,
 
 def test_hard_negatives_come_from_the_confusable_label(embedder: SentenceTransformerEmbedder,
                                                        tuned: dict) -> None:
-    from service.tuning import labelled_texts, training_rows
+    from retrieval.tune.train import labelled_texts, training_rows
 
     rows = training_rows(tuned["index"], labelled_texts(tuned["index"], tuned["train"]),
                          TuneConfig())

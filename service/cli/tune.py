@@ -28,8 +28,8 @@ def tune_command(
     learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 5e-5,
 ) -> None:
     """Fine-tune the embedder on labelled texts (in-batch + mined hard negatives)."""
+    from retrieval.tune.train import TuneConfig, tune
     from service.factory import build_index
-    from service.tuning import TuneConfig, tune
 
     settings = get_settings(db=db)
     index = build_index(settings)

@@ -12,7 +12,7 @@ import os
 import shutil
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prompts.answer import InvalidAnswer, parse_answer
@@ -20,16 +20,17 @@ from prompts.render import Option, RenderedPrompt
 from prompts.selector import LLMError, LLMSelector, Selection, Usage
 from retrieval.fusion import Candidate
 from retrieval.index import LabelIndex
-from service.batch import DEFAULTS, BatchOptions, chunks, output_record
-from service.batch_io import InputRecord, open_input, read_records, resolve_format
-from service.batch_meta import (
+from retrieval.iterables import chunks
+from service.batch.io import InputRecord, open_input, read_records, resolve_format
+from service.batch.report import Stats
+from service.batch.run import DEFAULTS, BatchOptions, output_record
+from service.batch.sidecar import (
     BatchMismatchError,
     check_and_record,
     differences,
     meta_path,
     run_config,
 )
-from service.batch_report import Stats
 from service.pipeline import CandidateSource, ClassifyOptions, NoLLMConfigured, Pipeline
 from service.results import ItemError
 from service.settings import Settings
@@ -130,7 +131,7 @@ def _stage(staged: Pipeline, recorder: _Recorder, deferrer: _Deferrer,
         rendered = deferrer.prompts[record.text or ""]
         custom_id = f"line-{record.line}"
         item = {**record.head(), "custom_id": custom_id, "slots": rendered.slots,
-                "candidates": [asdict(c) for c in next(shortlists)]}
+                "candidates": [c.to_json() for c in next(shortlists)]}
         body = deferrer.llm.request(rendered) if rendered.slots else None
         staged_items.append((item, body))
     return staged_items
@@ -243,8 +244,7 @@ def collect(pipeline: Pipeline, settings: Settings, output: Path, results: Seque
 def _replay(pipeline: Pipeline, answers: dict[str, Answer], items: list[dict],
             candidates: bool) -> list[dict]:
     staged = [i for i in items if "custom_id" in i]
-    shortlists = {i["custom_id"]: [Candidate(c["label_id"], c["score"], c["similarity"],
-                                             tuple(c["evidence"])) for c in i["candidates"]]
+    shortlists = {i["custom_id"]: [Candidate.from_json(c) for c in i["candidates"]]
                   for i in staged}
     replay = Pipeline(_Saved(pipeline.index, shortlists), pipeline.threshold, pipeline.top_k,
                       _Replayer(answers, {i["custom_id"]: i["slots"] for i in staged}),

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from retrieval.catalog import Label
 from retrieval.index import LabelIndex
+from retrieval.iterables import chunks
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def mine_rows(pairs: Sequence[Pair], gold: Mapping[str, frozenset[str]], index: 
     rows = []
     with tqdm(total=len(pairs), unit="pair", desc="mining hard negatives", disable=None,
               leave=False, mininterval=1.0) as bar:
-        for chunk in _chunks(pairs, batch):
+        for chunk in chunks(pairs, batch):
             anchors = embed([p.anchor for p in chunk])
             hits_per = index.search(anchors, neighbours, with_vectors=True)
             for pair, anchor_vec, hits in zip(chunk, anchors, hits_per, strict=True):
@@ -121,8 +122,3 @@ def distinct_label_batches(rows: Sequence[Row], order: Sequence[int],
             negatives.add(row.negative_label)
         yield batch
         pending = rest
-
-
-def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]

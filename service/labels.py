@@ -11,8 +11,9 @@ from pathlib import Path
 
 from retrieval.catalog import Label
 from retrieval.index import LabelIndex, SyncReport
+from retrieval.iterables import dedupe
 from retrieval.taxonomy import taxonomy_of
-from service.api_models import (
+from service.label_edits import (
     FeedbackIn,
     FeedbackOut,
     InvalidLabelError,
@@ -68,9 +69,9 @@ class LiveLabels:
         with self.lock:
             self._check_parent(label_id, body.parent)
             label = Label(id=label_id, name=body.name, description=body.description,
-                          aliases=tuple(_dedupe(body.aliases)), parent=body.parent,
+                          aliases=tuple(dedupe(body.aliases)), parent=body.parent,
                           assignable=body.assignable,
-                          examples=tuple(_dedupe(self._texts(body.examples))))
+                          examples=tuple(dedupe(self._texts(body.examples))))
             created = label_id not in self.index.labels
             return Written(label, created, self.index.upsert(label))
 
@@ -90,8 +91,8 @@ class LiveLabels:
                 label, name=body.name or label.name,
                 description=label.description if body.description is None else body.description,
                 assignable=label.assignable if body.assignable is None else body.assignable,
-                parent=parent, aliases=tuple(_dedupe([*aliases, *body.add_aliases])),
-                examples=tuple(_dedupe([*examples, *self._texts(body.add_examples)])))
+                parent=parent, aliases=tuple(dedupe([*aliases, *body.add_aliases])),
+                examples=tuple(dedupe([*examples, *self._texts(body.add_examples)])))
             return Written(updated, False, self.index.upsert(updated))
 
     def delete(self, label_id: str, cascade: bool) -> tuple[list[str], int]:
@@ -110,7 +111,7 @@ class LiveLabels:
     def feedback(self, body: FeedbackIn) -> FeedbackOut:
         """Confirmed labels get the text as an example; rejected ones lose it, and are logged."""
         text = self._texts([body.text], keep_empty=True)[0]
-        confirmed, rejected = _dedupe(body.labels), _dedupe(body.rejected)
+        confirmed, rejected = dedupe(body.labels), dedupe(body.rejected)
         both = sorted(set(confirmed) & set(rejected))
         if both:
             raise InvalidLabelError(f"labels both confirmed and rejected: {both}",
@@ -158,7 +159,3 @@ class LiveLabels:
         # Append mode and one write per line: lines from several workers do not interleave.
         with self.feedback_log.open("a", encoding="utf-8") as handle:
             handle.write(line)
-
-
-def _dedupe(items: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(items))

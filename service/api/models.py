@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
 from retrieval.catalog import Label
 from retrieval.errors import LabelrankError
+from service.label_edits import (
+    StrictModel,
+    Text,
+)
 from service.pipeline import Mode
 from service.results import ClassifyResult
 
@@ -16,16 +20,6 @@ from service.results import ClassifyResult
 class NotReadyError(LabelrankError):
     code = "not_ready"
     status = 503
-
-
-class InvalidLabelError(LabelrankError):
-    code = "invalid_label"
-    status = 422
-
-
-class LabelHasChildrenError(LabelrankError):
-    code = "label_has_children"
-    status = 409
 
 
 class BatchTooLargeError(LabelrankError):
@@ -43,30 +37,7 @@ class ForbiddenError(LabelrankError):
     status = 403
 
 
-def _encodable(value: str) -> str:
-    # Lone surrogates are valid JSON escapes but cannot reach the tokenizer or Chroma.
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("text is not valid Unicode (lone surrogate)") from None
-    return value
-
-
-Text = Annotated[str, AfterValidator(_encodable)]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000),
-                 AfterValidator(_encodable)]
-Description = Annotated[str, StringConstraints(strip_whitespace=True),
-                        AfterValidator(_encodable)]
-LABEL_ID_PATTERN = r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$"
-LabelId = Annotated[str, StringConstraints(min_length=1, max_length=256,
-                                           pattern=LABEL_ID_PATTERN)]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ClassifyOptionsIn(_Strict):
+class ClassifyOptionsIn(StrictModel):
     """Options shared by single and batch classification."""
 
     mode: Mode = Field("auto", description="auto uses the LLM when one is configured")
@@ -82,7 +53,7 @@ class ClassifyRequest(ClassifyOptionsIn):
     text: Text = Field(description="The text; empty or too long is an error")
 
 
-class BatchItem(_Strict):
+class BatchItem(StrictModel):
     """One text of a batch, with an optional id echoed back in its result."""
 
     id: str | None = Field(None, max_length=256)
@@ -140,7 +111,7 @@ class LabelDetail(LabelOut):
     children: list[str] = []
 
 
-class LabelQuery(_Strict):
+class LabelQuery(StrictModel):
     """Filters and paging of the label list (unknown parameters are refused)."""
 
     parent: str | None = Field(None, description="Only children of this id; empty: top level")
@@ -161,30 +132,6 @@ class LabelPage(BaseModel):
     next_offset: int | None = Field(None, description="Offset of the next page, if any")
 
 
-class LabelIn(_Strict):
-    """A whole label (PUT creates or replaces it, examples included)."""
-
-    name: Name
-    description: Description = ""
-    aliases: list[Name] = []
-    parent: LabelId | None = None
-    assignable: bool = True
-    examples: list[Text] = []
-
-
-class LabelPatch(_Strict):
-    """Changes to one label; absent fields stay as they are."""
-
-    name: Name | None = None
-    description: Description | None = None
-    parent: LabelId | None = Field(None, description="null makes the label a root")
-    assignable: bool | None = None
-    add_examples: list[Text] = []
-    remove_examples: list[Text] = []
-    add_aliases: list[Name] = []
-    remove_aliases: list[Name] = []
-
-
 class LabelWrite(BaseModel):
     """What a label write changed in the index."""
 
@@ -199,23 +146,6 @@ class DeleteResult(BaseModel):
 
     deleted: list[str]
     vectors_removed: int
-
-
-class FeedbackIn(_Strict):
-    """A reviewed text: confirmed labels learn it as an example; rejected ones are logged."""
-
-    text: Text
-    labels: list[LabelId] = Field(default_factory=list, description="Labels that apply")
-    rejected: list[LabelId] = Field(default_factory=list, description="Labels that do not")
-
-
-class FeedbackOut(BaseModel):
-    """What the feedback changed."""
-
-    confirmed: list[str]
-    rejected: list[str]
-    examples_added: int = Field(description="Confirmed labels that did not have the text yet")
-    examples_removed: int = Field(description="Rejected labels that had the text as an example")
 
 
 class Health(BaseModel):

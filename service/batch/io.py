@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import os
 import sys
@@ -14,10 +12,10 @@ from pathlib import Path
 from typing import BinaryIO, Literal
 
 from retrieval.errors import LabelrankError
+from retrieval.rows import MissingColumnError, read_rows
 
 InputFormat = Literal["auto", "jsonl", "csv"]
 STDIN = "-"
-_CSV_FIELD_LIMIT = 1 << 26  # let oversized texts reach the pipeline's own length check
 
 
 class InvalidInputError(LabelrankError):
@@ -102,10 +100,13 @@ def count_records(source: str, fmt: Literal["jsonl", "csv"]) -> int | None:
 def read_records(stream: BinaryIO, fmt: Literal["jsonl", "csv"], text_field: str = "text",
                  id_field: str = "id") -> Iterator[InputRecord]:
     """Every input record in order; unreadable ones carry an `invalid_input` error."""
-    rows = _csv_rows(stream, text_field) if fmt == "csv" else _jsonl_rows(stream)
-    seen: dict[str, int] = {}
-    for line, row, problem in rows:
-        yield _record(line, row, problem, text_field, id_field, seen)
+    try:
+        rows = read_rows(stream, fmt, required=text_field if fmt == "csv" else None)
+        seen: dict[str, int] = {}
+        for row in rows:
+            yield _record(row.line, row.data, row.problem, text_field, id_field, seen)
+    except MissingColumnError as exc:
+        raise InvalidInputError(str(exc), field=text_field) from None
 
 
 def _record(line: int, row: dict | None, problem: str | None, text_field: str, id_field: str,
@@ -136,55 +137,6 @@ def _record(line: int, row: dict | None, problem: str | None, text_field: str, i
 def _bad(line: int, record_id: str | int | None, problem: str) -> InputRecord:
     error = InvalidInputError(f"line {line}: {problem}", line=line)
     return InputRecord(line, record_id, error=error.to_dict())
-
-
-def _jsonl_rows(stream: BinaryIO) -> Iterator[tuple[int, dict | None, str | None]]:
-    for line, raw in enumerate(stream, start=1):
-        try:
-            text = raw.decode("utf-8-sig" if line == 1 else "utf-8")
-        except UnicodeDecodeError as exc:
-            yield line, None, f"not UTF-8 ({exc.reason} at byte {exc.start})"
-            continue
-        if not text.strip():
-            yield line, None, "blank line"
-            continue
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as exc:
-            yield line, None, f"not valid JSON ({exc.msg} at column {exc.colno})"
-            continue
-        if not isinstance(row, dict):
-            yield line, None, f"expected a JSON object, not {type(row).__name__}"
-            continue
-        yield line, row, None
-
-
-def _csv_rows(stream: BinaryIO, text_field: str) -> Iterator[tuple[int, dict | None, str | None]]:
-    csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
-    reader = csv.reader(io.TextIOWrapper(stream, encoding="utf-8-sig", errors="replace",
-                                         newline=""))
-    header = next(reader, None)
-    if header is None:
-        return
-    if text_field not in header:
-        raise InvalidInputError(f"the CSV header has no {text_field!r} column "
-                                f"(columns: {', '.join(header)})", field=text_field)
-    start = reader.line_num + 1
-    while True:
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:
-            yield start, None, f"malformed CSV ({exc})"
-        else:
-            if not row:
-                yield start, None, "blank line"
-            elif len(row) != len(header):
-                yield start, None, f"{len(row)} fields where the header has {len(header)}"
-            else:
-                yield start, dict(zip(header, row, strict=True)), None
-        start = reader.line_num + 1
 
 
 def scan_output(path: Path, on_record: Callable[[dict], None]) -> set[str]:

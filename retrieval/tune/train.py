@@ -19,7 +19,7 @@ from retrieval.catalog import Catalog, load_examples
 from retrieval.embedder import resolve_model_path
 from retrieval.errors import LabelrankError
 from retrieval.index import LabelIndex
-from service.tuning_pairs import (
+from retrieval.tune.pairs import (
     Row,
     distinct_label_batches,
     label_texts_of,

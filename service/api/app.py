@@ -1,6 +1,6 @@
 """The HTTP API: thin routes over the one pipeline, built once in the app's lifespan.
 
-Run it with `labelrank serve`, or `uvicorn service.api:create_app --factory`.
+Run it with `labelrank serve`, or `uvicorn service.api.app:create_app --factory`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from retrieval.embedder import Embedder
 from retrieval.taxonomy import taxonomy_of
-from service.api_errors import error_of, install_error_handlers
-from service.api_models import (
-    LABEL_ID_PATTERN,
+from service.api.auth import require_read, require_write
+from service.api.body_limit import BodyLimit
+from service.api.errors import error_of, install_error_handlers
+from service.api.models import (
     BatchErrorItem,
     BatchRequest,
     BatchResponse,
@@ -30,22 +31,17 @@ from service.api_models import (
     ClassifyRequest,
     DeleteResult,
     ErrorBody,
-    FeedbackIn,
-    FeedbackOut,
     Health,
     LabelDetail,
-    LabelIn,
     LabelOut,
     LabelPage,
-    LabelPatch,
     LabelQuery,
     LabelWrite,
 )
-from service.api_state import ServiceState
-from service.auth import require_read, require_write
-from service.body_limit import BodyLimit
-from service.live_labels import LiveLabels, Written, page
-from service.metrics import Metrics, RequestMetrics
+from service.api.prometheus import Metrics, RequestMetrics
+from service.api.state import ServiceState
+from service.label_edits import LABEL_ID_PATTERN, FeedbackIn, FeedbackOut, LabelIn, LabelPatch
+from service.labels import LiveLabels, Written, page
 from service.pipeline import ClassifyOptions, Pipeline
 from service.results import ClassifyResult, ItemError, Outcome
 from service.settings import Settings, get_settings

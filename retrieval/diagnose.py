@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from retrieval.index import LabelIndex
-
-_PAGE = 5000
 
 
 @dataclass
@@ -78,25 +75,12 @@ class Diagnosis:
 def read_vectors(index: LabelIndex) -> dict[str, LabelVectors]:
     """Every stored vector, grouped by label."""
     by_label: dict[str, LabelVectors] = defaultdict(LabelVectors)
-    for meta, text, vector in _pages(index):
-        entry = by_label[meta["label_id"]]
-        entry.texts.append(text)
-        entry.kinds.append(meta["kind"])
-        entry.vectors.append(np.asarray(vector, dtype=np.float32))
+    for stored in index.iter_vectors():
+        entry = by_label[stored.label_id]
+        entry.texts.append(stored.text)
+        entry.kinds.append(stored.kind)
+        entry.vectors.append(stored.vector)
     return dict(by_label)
-
-
-def _pages(index: LabelIndex) -> Iterator[tuple[dict, str, list[float]]]:
-    # LabelIndex has no public bulk read yet; page its vector collection directly.
-    collection = index._vectors
-    offset = 0
-    while True:
-        page = collection.get(include=["metadatas", "documents", "embeddings"],
-                              limit=_PAGE, offset=offset)
-        yield from zip(page["metadatas"], page["documents"], page["embeddings"], strict=True)
-        if len(page["ids"]) < _PAGE:
-            return
-        offset += _PAGE
 
 
 def diagnose(index: LabelIndex, top: int = 20, per_label: int = 20,

@@ -6,11 +6,11 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
 from typing import TypeVar
 
-from service.batch_io import (
+from retrieval.iterables import chunks
+from service.batch.io import (
     InputFormat,
     InputRecord,
     OutputWriter,
@@ -20,8 +20,8 @@ from service.batch_io import (
     resolve_format,
     scan_output,
 )
-from service.batch_meta import check_and_record, meta_path, run_config
-from service.batch_report import Progress, Stats
+from service.batch.report import Progress, Stats
+from service.batch.sidecar import check_and_record, meta_path, run_config
 from service.pipeline import ClassifyOptions, Mode, Pipeline
 from service.results import ClassifyResult, ItemError
 from service.settings import Settings
@@ -99,13 +99,6 @@ def output_record(record: InputRecord, outcome: ClassifyResult | ItemError | Non
     if not candidates:
         body.pop("candidates", None)
     return {**record.head(), **body}
-
-
-def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """Consecutive lists of at most `size` items."""
-    iterator = iter(items)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
 
 
 def in_order(work: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:

@@ -12,11 +12,11 @@ from typing import IO, Any
 from retrieval.embedder import Embedder
 from retrieval.errors import LabelrankError
 from retrieval.index import LabelIndex, chroma_client
-from service.api_models import NotReadyError
+from service.api.microbatch import MicroBatcher
+from service.api.models import NotReadyError
+from service.api.prometheus import Metrics
 from service.factory import build_embedder, build_pipeline
-from service.live_labels import LiveLabels
-from service.metrics import Metrics
-from service.microbatch import MicroBatcher
+from service.labels import LiveLabels
 from service.pipeline import ClassifyOptions, Pipeline
 from service.results import Outcome
 from service.settings import Settings

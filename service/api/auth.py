@@ -9,7 +9,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
-from service.api_models import ForbiddenError, UnauthorizedError
+from service.api.models import ForbiddenError, UnauthorizedError
 from service.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="LABELRANK_API_KEY or LABELRANK_API_WRITE_KEY")

@@ -10,9 +10,9 @@ from typing import Annotated
 import typer
 
 from retrieval.errors import LabelrankError
-from service.doctor import doctor_app
+from service.cli.doctor import doctor_app
+from service.cli.tune import tune_command
 from service.settings import Settings, get_settings
-from service.tune_command import tune_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Tag text with labels from a very large catalog.")
@@ -63,7 +63,7 @@ def classify(
         help="Only labels at or below this label id.")] = None,
 ) -> None:
     """Classify texts: one JSON line per input text, in order."""
-    from service.batch import chunks
+    from service.batch.run import chunks
     from service.factory import build_pipeline
     from service.pipeline import ClassifyOptions
     from service.results import ItemError
@@ -141,7 +141,7 @@ def serve_local(
     import signal
     import time
 
-    from service.local_llm import MODEL_ALIAS, LocalLLMServer
+    from prompts.local_llm import MODEL_ALIAS, LocalLLMServer
 
     # A plain `kill` must also stop the engine, not orphan it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -180,8 +180,8 @@ def serve(
 
     import uvicorn
 
+    from service.cli.doctor import report
     from service.config_check import check_config, check_index
-    from service.doctor import report
 
     settings = settings_from(db)
     if report(check_config(settings, host) + check_index(settings)) and not insecure:
@@ -189,7 +189,7 @@ def serve(
                    "pass --insecure", err=True)
         raise typer.Exit(2)
     if workers == 1:
-        from service.api import create_app
+        from service.api.app import create_app
 
         uvicorn.run(create_app(settings), host=host, port=port)
         return
@@ -199,7 +199,7 @@ def serve(
                                  param_hint="--workers")
     if db is not None:
         os.environ["LABELRANK_DB"] = str(db)  # worker processes build their own settings
-    uvicorn.run("service.api:create_app", factory=True, host=host, port=port, workers=workers)
+    uvicorn.run("service.api.app:create_app", factory=True, host=host, port=port, workers=workers)
 
 
 @app.command()
@@ -226,10 +226,10 @@ def batch(
     openai_batch: Annotated[str | None, typer.Option(help="prepare | collect")] = None,
 ) -> None:
     """Label a whole file: one JSONL record per input record, in order, resumable."""
-    from service.batch import BatchOptions, run_batch
-    from service.batch_report import summary
+    from service.batch.openai_files import BATCH_DISCOUNT, collect, prepare
+    from service.batch.report import summary
+    from service.batch.run import BatchOptions, run_batch
     from service.factory import build_pipeline
-    from service.openai_batch import BATCH_DISCOUNT, collect, prepare
 
     if input_format not in ("auto", "jsonl", "csv"):
         raise typer.BadParameter(f"--input-format must be auto, jsonl or csv, not {input_format!r}")

@@ -1,0 +1,85 @@
+"""What a live label edit takes: label and feedback bodies, checked as strictly as a catalog."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from retrieval.errors import LabelrankError
+
+
+class InvalidLabelError(LabelrankError):
+    code = "invalid_label"
+    status = 422
+
+
+class LabelHasChildrenError(LabelrankError):
+    code = "label_has_children"
+    status = 409
+
+
+def _encodable(value: str) -> str:
+    # Lone surrogates are valid JSON escapes but cannot reach the tokenizer or Chroma.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text is not valid Unicode (lone surrogate)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000),
+                 AfterValidator(_encodable)]
+Description = Annotated[str, StringConstraints(strip_whitespace=True),
+                        AfterValidator(_encodable)]
+LABEL_ID_PATTERN = r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$"
+LabelId = Annotated[str, StringConstraints(min_length=1, max_length=256,
+                                           pattern=LABEL_ID_PATTERN)]
+
+
+class StrictModel(BaseModel):
+    """A body that refuses unknown fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class LabelIn(StrictModel):
+    """A whole label (PUT creates or replaces it, examples included)."""
+
+    name: Name
+    description: Description = ""
+    aliases: list[Name] = []
+    parent: LabelId | None = None
+    assignable: bool = True
+    examples: list[Text] = []
+
+
+class LabelPatch(StrictModel):
+    """Changes to one label; absent fields stay as they are."""
+
+    name: Name | None = None
+    description: Description | None = None
+    parent: LabelId | None = Field(None, description="null makes the label a root")
+    assignable: bool | None = None
+    add_examples: list[Text] = []
+    remove_examples: list[Text] = []
+    add_aliases: list[Name] = []
+    remove_aliases: list[Name] = []
+
+
+class FeedbackIn(StrictModel):
+    """A reviewed text: confirmed labels learn it as an example; rejected ones are logged."""
+
+    text: Text
+    labels: list[LabelId] = Field(default_factory=list, description="Labels that apply")
+    rejected: list[LabelId] = Field(default_factory=list, description="Labels that do not")
+
+
+class FeedbackOut(BaseModel):
+    """What the feedback changed."""
+
+    confirmed: list[str]
+    rejected: list[str]
+    examples_added: int = Field(description="Confirmed labels that did not have the text yet")
+    examples_removed: int = Field(description="Rejected labels that had the text as an example")
