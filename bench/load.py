@@ -56,7 +56,7 @@ def free_port() -> int:
 def start_server(db: Path, port: int, env: dict[str, str],
                  log: Path | None = None) -> subprocess.Popen:
     """`labelrank serve` on loopback, waited on until /readyz answers 200 (stderr to `log`)."""
-    command = [sys.executable, "-c", "from service.cli.commands import main; main()", "serve",
+    command = [sys.executable, "-c", "from eval.cli import main; main()", "serve",
                "--db", str(db), "--host", "127.0.0.1", "--port", str(port)]
     stderr = log.open("w") if log else subprocess.DEVNULL
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env},

@@ -1,127 +1,36 @@
-"""The full `labelrank` command: the service CLI plus eval, compare, calibrate and report."""
+"""The `labelrank` command tree, assembled in one place: the top layer, which sees every other.
+
+Each group lives in its own module and adds itself through `register`; nothing adds commands to
+another module's app at import time. The console script and the tests run this one tree.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated
-
 import typer
 
-from eval.doctor_catalog import doctor_catalog
-from service.cli.commands import DbOpt, TopKOpt, app, settings_from
-from service.cli.commands import main as service_main
-from service.cli.doctor import doctor_app
-
-doctor_app.command("catalog")(doctor_catalog)
-
-DatasetArg = Annotated[Path, typer.Argument(help="Gold JSONL: {text, labels: [...]} per line.")]
-HalfOpt = Annotated[str | None, typer.Option(
-    help="Use only half a or b of the dataset (stable by id): calibrate on a, report on b.")]
+from eval import commands as eval_commands
+from eval import doctor_catalog
+from service.cli import batch, classify, doctor, index, llm, serve, tune
+from service.cli.common import ErrorReportingGroup
 
 
-@app.command("eval")
-def eval_command(
-    dataset: DatasetArg,
-    db: DbOpt = None,
-    mode: Annotated[str, typer.Option(help="llm | retrieval")] = "retrieval",
-    prompt: Annotated[str | None, typer.Option(help="Prompt as task@version.")] = None,
-    top_k: TopKOpt = None,
-    limit: Annotated[int | None, typer.Option(help="Only the first N texts.")] = None,
-    sample: Annotated[int | None, typer.Option(
-        help="A stable pseudo-random sample of N texts (by a hash of their id).")] = None,
-    out: Annotated[Path, typer.Option(help="Directory for run files.")] = Path("eval/runs"),
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass both caches.")] = False,
-    label: Annotated[str, typer.Option(help="A note stored in the run file.")] = "",
-    half: HalfOpt = None,
-) -> None:
-    """Score the pipeline on a gold set; print metrics and save a run file."""
-    from eval.datasets import load_dataset
-    from eval.run import EvalConfig, run_eval, save_run
-
-    if mode not in ("llm", "retrieval"):
-        raise typer.BadParameter("--mode must be llm or retrieval")
-    settings = settings_from(db, prompt=prompt)
-    config = EvalConfig(mode=mode, top_k=top_k, out_dir=out, label=label,  # type: ignore[arg-type]
-                        cache_dir=None if no_cache else Path(".labelrank-cache"))
-    run = run_eval(settings, load_dataset(dataset, limit, half, sample), config)
-    path = save_run(run, out)
-    typer.echo(format_metrics(run))
-    typer.echo(f"\nrun saved to {path}")
+def build_app() -> typer.Typer:
+    """Every `labelrank` command, in the order `--help` lists them."""
+    app = typer.Typer(cls=ErrorReportingGroup, add_completion=False, no_args_is_help=True,
+                      help="Tag text with labels from a very large catalog.")
+    for group in (index, classify, serve, batch, eval_commands, tune, llm):
+        group.register(app)
+    checks = typer.Typer(no_args_is_help=True,
+                         help="Find misconfiguration and catalog problems before serving.")
+    doctor.register(checks)
+    doctor_catalog.register(checks)
+    app.add_typer(checks, name="doctor")
+    return app
 
 
-@app.command()
-def compare(
-    run_a: Annotated[Path, typer.Argument(help="Run file A (the baseline).")],
-    run_b: Annotated[Path, typer.Argument(help="Run file B.")],
-    flips: Annotated[int, typer.Option(help="How many changed texts to list.")] = 20,
-) -> None:
-    """Metric deltas between two runs and the texts whose outcome changed."""
-    from eval.compare import render_comparison
-    from eval.run import load_run
-
-    typer.echo(render_comparison(load_run(run_a), load_run(run_b), run_a.name, run_b.name,
-                                 max_flips=flips))
-
-
-@app.command()
-def calibrate(
-    dataset: DatasetArg,
-    db: DbOpt = None,
-    metric: Annotated[str, typer.Option(
-        help="auto (accuracy for single-label, else f1_samples), f1_samples, jaccard, "
-             "accuracy, f1_micro or candidate_recall")] = "auto",
-    top_k: TopKOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show, do not save.")] = False,
-    half: HalfOpt = None,
-) -> None:
-    """Choose aggregation, threshold and label limit on a dev set; save them with the index."""
-    from eval.calibrate import calibrate as run_calibration
-    from eval.calibrate import calibration_record
-    from eval.datasets import load_dataset
-    from service.factory import build_pipeline
-
-    pipeline = build_pipeline(settings_from(db))
-    data = load_dataset(dataset, half=half)
-    best, per_aggregation = run_calibration(pipeline, data, metric, top_k)
-    typer.echo(f"{'retrieval':<34}{best.metric:>18}{'cand. recall':>14}  threshold")
-    for cal in per_aggregation:
-        mark = " <-" if cal is best else ""
-        rule = cal.threshold
-        typer.echo(f"{cal.describe():<34}{cal.value:>18.4f}{cal.candidate_recall:>14.4f}"
-                   f"  sim>={rule.min_similarity:.2f} rel>={rule.relative:.2f}"
-                   f"{' (of branch top)' if rule.per_branch else ''} "
-                   f"max={rule.max_labels}{mark}")
-    if not dry_run:
-        pipeline.index.save_calibration(calibration_record(best, data))
-        typer.echo(f"\nsaved with the index: {best.settings()}")
-
-
-@app.command()
-def report(
-    runs: Annotated[list[Path], typer.Argument(help="One or more run files.")],
-    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("eval/report.png"),
-) -> None:
-    """Plot recall@K curves and metric bars for runs side by side (PNG)."""
-    from eval.report import plot_runs
-    from eval.run import load_run
-
-    typer.echo(str(plot_runs([(p.stem, load_run(p)) for p in runs], out)))
-
-
-def format_metrics(run: dict) -> str:
-    """The metrics table printed after a run."""
-    lines = [f"{run['dataset']['name']}  n={run['dataset']['n']}  mode={run['mode']}  "
-             f"aggregation={run['retrieval']['aggregation']}  top_k={run['retrieval']['top_k']}"]
-    for name, value in run["metrics"].items():
-        lines.append(f"  {name:<22}{value:>10.4f}" if isinstance(value, float)
-                     else f"  {name:<22}{value:>10}")
-    totals = run["totals"]
-    lines.append(f"  tokens in/out {totals['prompt_tokens']}/{totals['completion_tokens']}  "
-                 f"llm calls {totals['llm_calls']}  degraded {totals['degraded']}  "
-                 f"errors {totals['errors']}  {totals['texts_per_s']} texts/s")
-    return "\n".join(lines)
+app = build_app()
 
 
 def main() -> None:
-    """Console entry point for the full command set."""
-    service_main()
+    """Console entry point (`labelrank`)."""
+    app()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from service.cli.commands import DbOpt, settings_from
+from service.cli.common import DbOpt, settings_from
 
 
 def doctor_catalog(
@@ -57,3 +57,8 @@ def doctor_catalog(
     path = plot_map(found.centroids, name, map_png,
                     overlapping=[(ov.a, ov.b) for ov in found.overlaps[:10]], confused=confused)
     typer.echo(f"\nmap written to {path}")
+
+
+def register(doctor: typer.Typer) -> None:
+    """Add `catalog` to the `doctor` group."""
+    doctor.command("catalog")(doctor_catalog)

@@ -16,7 +16,7 @@ from eval.datasets import Dataset
 from eval.metrics import evaluate, is_single_label
 from prompts.selector import LLMSelector
 from retrieval.taxonomy import taxonomy_of
-from service.factory import build_pipeline, effective_settings
+from service.engine import Engine
 from service.pipeline import ClassifyOptions, Mode, Pipeline
 from service.pricing import token_cost
 from service.results import ClassifyResult
@@ -38,16 +38,16 @@ class EvalConfig:
     extra: dict = field(default_factory=dict)
 
 
-def run_eval(settings: Settings, dataset: Dataset, config: EvalConfig,
-             pipeline: Pipeline | None = None) -> dict:
+def run_eval(engine: Engine, dataset: Dataset, config: EvalConfig) -> dict:
     """Classify every text with `classify_batch`, compute metrics, return the run record."""
-    pipeline = pipeline or build_pipeline(settings)
-    settings = effective_settings(settings, pipeline.index)
+    pipeline, settings = engine.pipeline, engine.settings
     store = Store(config.cache_dir / "cache.sqlite") if config.cache_dir else None
     if store:
-        pipeline.retriever = CachedRetriever(pipeline.retriever, store)  # type: ignore[assignment]
-        if isinstance(pipeline.selector, LLMSelector):
-            pipeline.selector = CachedSelector(pipeline.selector, store)
+        selector = pipeline.selector
+        pipeline = pipeline.with_parts(
+            retriever=CachedRetriever(pipeline.retriever, store),
+            selector=CachedSelector(selector, store) if isinstance(selector, LLMSelector)
+            else selector)
     options = ClassifyOptions(mode=config.mode, top_k=config.top_k)
     texts = [ex.text for ex in dataset.examples]
     outcomes = []
@@ -123,7 +123,7 @@ def _record(settings: Settings, dataset: Dataset, config: EvalConfig, pipeline: 
                     "n": len(dataset.examples), "single_label": is_single_label(gold)},
         "index": pipeline.index.fingerprint(),
         "settings": json.loads(settings.model_dump_json(exclude={"llm_api_key"})),
-        "retrieval": {"aggregation": pipeline.retriever.describe(),  # type: ignore[attr-defined]
+        "retrieval": {"aggregation": pipeline.retriever.describe(),
                       "top_k": top_k, "threshold": pipeline.threshold.__dict__},
         "prompt": {"task": template.task, "version": template.version,
                    "sha256": template.sha256} if template else None,

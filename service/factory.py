@@ -113,7 +113,11 @@ def effective_settings(settings: Settings, index: LabelIndex) -> Settings:
 def build_pipeline(settings: Settings, index: LabelIndex | None = None) -> Pipeline:
     """The whole pipeline as configured (calibration saved with the index fills the gaps)."""
     index = index or build_index(settings)
-    settings = effective_settings(settings, index)
+    return pipeline_for(effective_settings(settings, index), index)
+
+
+def pipeline_for(settings: Settings, index: LabelIndex) -> Pipeline:
+    """The pipeline of already effective settings on `index`."""
     aggregation = Aggregation(settings.aggregation, settings.rrf_k,
                               settings.max_hits_per_label or None)
     threshold = Threshold(settings.threshold, settings.relative_threshold, settings.max_labels,

@@ -71,8 +71,16 @@ class Pipeline:
         self.top_k = top_k
         self.selector = selector
         self.max_text_chars = max_text_chars
+        self.llm_concurrency = llm_concurrency
         self._pool = ThreadPoolExecutor(max_workers=llm_concurrency,
                                         thread_name_prefix="labelrank-llm")
+
+    def with_parts(self, retriever: CandidateSource | None = None,
+                   selector: Selector | None = None) -> Pipeline:
+        """The same pipeline with another retriever or selector (caching, replay, staging)."""
+        return Pipeline(retriever or self.retriever, self.threshold, self.top_k,
+                        selector or self.selector, self.max_text_chars,
+                        self.llm_concurrency)
 
     @property
     def index(self) -> LabelIndex:

@@ -148,8 +148,7 @@ def index_command(case: CatalogCase, workdir: Path, db: Path) -> tuple[int, str]
     """Run `labelrank index` on the case's files: (exit status, the one line it prints)."""
     from typer.testing import CliRunner
 
-    from retrieval.errors import LabelrankError
-    from service.cli.commands import app
+    from eval.cli import app
 
     workdir.mkdir(parents=True, exist_ok=True)
     catalog = workdir / "catalog.jsonl"
@@ -160,6 +159,6 @@ def index_command(case: CatalogCase, workdir: Path, db: Path) -> tuple[int, str]
         args += ["--examples", str(workdir / "examples.jsonl")]
     result = CliRunner().invoke(app, args)
     exc = result.exception
-    if isinstance(exc, LabelrankError):  # what the console entry point prints, as eval.cli.main
-        return 2, f"error [{exc.code}]: {exc.message}"
-    return result.exit_code, f"unexpected: {exc!r}" if exc else result.output.strip()
+    if exc is not None and not isinstance(exc, SystemExit):
+        return result.exit_code, f"unexpected: {exc!r}"
+    return result.exit_code, result.output.strip()

@@ -20,13 +20,13 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
+from eval.cli import app as cli_app
 from retrieval.catalog import load_catalog
 from retrieval.embedder import Embedder
 from retrieval.index import LabelIndex, chroma_client
 from service.api.app import create_app
 from service.api.microbatch import MicroBatcher
 from service.api.state import DirectoryBusyError
-from service.cli.commands import app as cli_app
 from service.results import ClassifyResult
 from service.settings import Settings
 from tests.conftest import MINI_CATALOG, make_settings

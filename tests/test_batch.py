@@ -23,13 +23,13 @@ from service.batch.openai_files import batch_dir, collect, prepare
 from service.batch.report import Stats, estimate_cost, summary
 from service.batch.run import BatchOptions, run_batch
 from service.batch.sidecar import BatchMismatchError, meta_path
-from service.factory import build_pipeline
-from service.pipeline import NoLLMConfigured, Pipeline
+from service.engine import open_engine
+from service.pipeline import NoLLMConfigured
 from service.settings import Settings
 from tests.conftest import MINI_CATALOG, make_settings
 from tests.fake_openai import FakeOpenAI, Reply
 
-CLI = [sys.executable, "-c", "from service.cli.commands import main; main()"]
+CLI = [sys.executable, "-c", "from eval.cli import main; main()"]
 TOPICS = ["my cat scratches the sofa", "when is my tax return due", "my sourdough did not rise",
           "espresso tastes sour", "how do I walk a puppy on a leash", "tracking grocery spending"]
 LLM = BatchOptions(mode="llm")
@@ -85,7 +85,7 @@ def test_faulty_llm_every_id_once_in_order(tmp_path: Path, db: Path, index: Labe
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     settings = llm_settings(tmp_path, db, fake_llm, llm_timeout_s=0.25, llm_concurrency=8,
                             llm_breaker_failures=0)  # per-item fault reasons, no breaker
-    stats = run_batch(build_pipeline(settings, index=index), settings, str(source),
+    stats = run_batch(open_engine(settings, index=index), str(source),
                       tmp_path / "out.jsonl", LLM, tty=False)
     out = read_output(tmp_path / "out.jsonl")
     assert [r["id"] for r in out] == [r["id"] for r in rows]  # each once, input order
@@ -164,7 +164,7 @@ def test_malformed_lines_become_error_records(tmp_path: Path, db: Path, index: L
     source = tmp_path / "in.jsonl"
     source.write_bytes(b"\n".join(lines) + b"\n")
     settings = make_settings(tmp_path, db=db)
-    run_batch(build_pipeline(settings, index=index), settings, str(source),
+    run_batch(open_engine(settings, index=index), str(source),
               tmp_path / "out.jsonl", RETRIEVAL, progress_every_s=0, tty=False)
     out = read_output(tmp_path / "out.jsonl")
     assert [r["line"] for r in out] == list(range(1, 13))
@@ -184,17 +184,17 @@ def test_malformed_lines_become_error_records(tmp_path: Path, db: Path, index: L
 def test_csv_and_stdin_inputs(tmp_path: Path, db: Path, index: LabelIndex,
                               monkeypatch: pytest.MonkeyPatch) -> None:
     settings = make_settings(tmp_path, db=db)
-    pipeline = build_pipeline(settings, index=index)
+    engine = open_engine(settings, index=index)
     source = tmp_path / "in.csv"
     source.write_text('key,body\na,"my cat\nscratches the sofa"\nb,too,many\nc,file my taxes\n')
-    run_batch(pipeline, settings, str(source), tmp_path / "csv.jsonl",
+    run_batch(engine, str(source), tmp_path / "csv.jsonl",
               BatchOptions(mode="retrieval", text_field="body", id_field="key"), tty=False)
     out = read_output(tmp_path / "csv.jsonl")
     assert [(r["line"], r["id"]) for r in out] == [(2, "a"), (4, None), (5, "c")]
     assert out[0]["labels"][0]["id"] == "pets.cats" and "3 fields" in out[1]["error"]["message"]
     stdin = io.TextIOWrapper(io.BytesIO(b'{"text": "best beans for espresso"}\n'))
     monkeypatch.setattr(sys, "stdin", stdin)
-    run_batch(pipeline, settings, "-", tmp_path / "stdin.jsonl", RETRIEVAL, tty=False)
+    run_batch(engine, "-", tmp_path / "stdin.jsonl", RETRIEVAL, tty=False)
     assert read_output(tmp_path / "stdin.jsonl")[0]["labels"][0]["id"] == "food.coffee"
 
 
@@ -203,15 +203,15 @@ def test_resume_checks_index_and_settings(tmp_path: Path, db: Path, index: Label
                          [{"id": i, "text": TOPICS[i % 6]} for i in range(10)])
     output = tmp_path / "out.jsonl"
     settings = make_settings(tmp_path, db=db)
-    run_batch(build_pipeline(settings, index=index), settings, str(source), output, RETRIEVAL,
+    run_batch(open_engine(settings, index=index), str(source), output, RETRIEVAL,
               tty=False)
     lines = output.read_text().splitlines(keepends=True)
     output.write_text("".join(lines[:4]) + lines[4][:30])  # four done, one torn
     changed = make_settings(tmp_path, db=db, top_k=7)
     with pytest.raises(BatchMismatchError, match=r"top_k: 30 -> 7"):
-        run_batch(build_pipeline(changed, index=index), changed, str(source), output, RETRIEVAL,
+        run_batch(open_engine(changed, index=index), str(source), output, RETRIEVAL,
                   tty=False)
-    stats = run_batch(build_pipeline(changed, index=index), changed, str(source), output,
+    stats = run_batch(open_engine(changed, index=index), str(source), output,
                       BatchOptions(mode="retrieval", force=True), tty=False)
     assert [r["id"] for r in read_output(output)] == list(range(10))
     assert (stats.previous, stats.written) == (4, 6)
@@ -220,7 +220,7 @@ def test_resume_checks_index_and_settings(tmp_path: Path, db: Path, index: Label
     assert meta["history"][0]["settings"]["top_k"] == 30
     output.write_text(lines[0] + "garbage\n" + lines[1])
     with pytest.raises(CorruptOutputError, match=r"out.jsonl:2"):
-        run_batch(build_pipeline(settings, index=index), settings, str(source), output,
+        run_batch(open_engine(settings, index=index), str(source), output,
                   BatchOptions(mode="retrieval", force=True), tty=False)
 
 
@@ -231,9 +231,9 @@ def test_prepare_then_collect(tmp_path: Path, db: Path, index: LabelIndex,
     source.write_text("".join(json.dumps(r) + "\n" for r in rows[:3]) + '{"id": "t9", "text": ""}'
                       + "\nnot json\n" + "".join(json.dumps(r) + "\n" for r in rows[3:]))
     settings = llm_settings(tmp_path, db, fake_llm)
-    pipeline = build_pipeline(settings, index=index)
+    engine = open_engine(settings, index=index)
     output = tmp_path / "out.jsonl"
-    prepared = prepare(pipeline, settings, str(source), output)
+    prepared = prepare(engine, str(source), output)
     assert (prepared["items"], prepared["requests"], prepared["errors"]) == (8, 6, 2)
     requests = read_output(batch_dir(output) / "requests-001.jsonl")
     assert [r["custom_id"] for r in requests] == ["line-1", "line-2", "line-3", "line-6",
@@ -242,7 +242,7 @@ def test_prepare_then_collect(tmp_path: Path, db: Path, index: LabelIndex,
 
     fake_llm.default = Reply.labels("C01")
     online_out = tmp_path / "online.jsonl"  # the online path, answering C01 for every text
-    run_batch(pipeline, settings, str(source), online_out, LLM, tty=False)
+    run_batch(engine, str(source), online_out, LLM, tty=False)
     sent = sorted(fake_llm.requests, key=item_number)
     assert [r["body"] for r in requests] == sent  # byte for byte what the online path sends
 
@@ -260,7 +260,7 @@ def test_prepare_then_collect(tmp_path: Path, db: Path, index: LabelIndex,
     del results[2]  # line-3 never came back
     results_file = tmp_path / "results.jsonl"
     results_file.write_text("".join(json.dumps(r) + "\n" for r in results) + "{broken\n")
-    stats, bad = collect(pipeline, settings, output, [results_file])
+    stats, bad = collect(engine, output, [results_file])
     out = read_output(output)
     assert bad == 1 and [r["line"] for r in out] == list(range(1, 9))
     assert [r.get("reason") for r in out[:3]] == ["llm_failed: invalid_answer", None,
@@ -283,10 +283,10 @@ def test_collect_refuses_another_index(tmp_path: Path, db: Path, index: LabelInd
     source = write_jsonl(tmp_path / "in.jsonl", [{"text": TOPICS[0]}])
     settings = llm_settings(tmp_path, db, fake_llm)
     output = tmp_path / "out.jsonl"
-    prepare(build_pipeline(settings, index=index), settings, str(source), output)
+    prepare(open_engine(settings, index=index), str(source), output)
     other = llm_settings(tmp_path, db, fake_llm, max_labels=2)
     with pytest.raises(BatchMismatchError, match="max_labels: 5 -> 2"):
-        collect(build_pipeline(other, index=index), other, output, [])
+        collect(open_engine(other, index=index), output, [])
 
 
 def test_summary_counts_and_cost() -> None:
@@ -308,8 +308,8 @@ def test_summary_counts_and_cost() -> None:
 def test_llm_mode_without_endpoint_fails_before_writing(tmp_path: Path, db: Path,
                                                         index: LabelIndex) -> None:
     settings = make_settings(tmp_path, db=db)
-    pipeline: Pipeline = build_pipeline(settings, index=index)
+    engine = open_engine(settings, index=index)
     source = write_jsonl(tmp_path / "in.jsonl", [{"text": "hello"}])
     with pytest.raises(NoLLMConfigured, match="LABELRANK_LLM_BASE_URL"):
-        run_batch(pipeline, settings, str(source), tmp_path / "out.jsonl", LLM)
+        run_batch(engine, str(source), tmp_path / "out.jsonl", LLM)
     assert not (tmp_path / "out.jsonl").exists()

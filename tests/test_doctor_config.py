@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from eval.cli import app
 from retrieval.index import LabelIndex
-from service.cli.commands import app
 from service.config_check import check_config, weak_key
 from tests.conftest import make_settings
 

@@ -19,6 +19,7 @@ from retrieval.branches import BranchConfig
 from retrieval.decision import Threshold, choose
 from retrieval.fusion import Aggregation, Candidate
 from retrieval.index import LabelIndex
+from service.engine import open_engine
 from service.factory import build_pipeline
 from tests.conftest import make_settings
 from tests.fake_openai import FakeOpenAI, Reply
@@ -44,13 +45,8 @@ def dataset_path(tmp_path: Path) -> Path:
 
 def run(tmp_path: Path, index: LabelIndex, dataset_path: Path, **settings) -> dict:
     config = EvalConfig(mode=settings.pop("mode", "retrieval"), cache_dir=tmp_path / "cache")
-    pipeline = build_pipeline(make_settings(tmp_path, **settings), index=index)
-    return run_eval(pipeline_settings(tmp_path, **settings), load_dataset(dataset_path), config,
-                    pipeline=pipeline)
-
-
-def pipeline_settings(tmp_path: Path, **settings):
-    return make_settings(tmp_path, **settings)
+    engine = open_engine(make_settings(tmp_path, **settings), index=index)
+    return run_eval(engine, load_dataset(dataset_path), config)
 
 
 def test_run_records_what_it_needs(tmp_path: Path, mini_index: LabelIndex,

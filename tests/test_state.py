@@ -85,7 +85,7 @@ def synthetic_catalog(path: Path, labels: int) -> None:
 
 def run_index(catalog: Path, db: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", "from service.cli.commands import main; main()", "index", str(catalog),
+        [sys.executable, "-c", "from eval.cli import main; main()", "index", str(catalog),
          "--db", str(db)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         env={**os.environ, "LABELRANK_EMBED_THREADS": "1"})
 

@@ -9,13 +9,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from prompts.selector import LLMSelector
 from retrieval.embedder import Embedder
 from retrieval.errors import LabelrankError
 from retrieval.index import LabelIndex, chroma_client
 from service.api.microbatch import MicroBatcher
 from service.api.models import NotReadyError
 from service.api.prometheus import Metrics
-from service.factory import build_embedder, build_pipeline
+from service.engine import Engine, open_engine
+from service.factory import build_embedder
 from service.labels import LiveLabels
 from service.pipeline import ClassifyOptions, Pipeline
 from service.results import Outcome
@@ -55,6 +57,7 @@ class ServiceState:
         self.settings = settings
         self.metrics = metrics
         self._load_embedder = load_embedder or (lambda: build_embedder(settings))
+        self.engine: Engine | None = None
         self.pipeline: Pipeline | None = None
         self.labels: LiveLabels | None = None
         self.error: str | None = None
@@ -148,11 +151,10 @@ class ServiceState:
         return LabelIndex(self._client, self._embedder, name=self.settings.collection)
 
     def _install(self, index: LabelIndex) -> None:
-        feedback_log = self.settings.feedback_log or self.settings.db / "feedback.jsonl"
-        labels = LiveLabels(index, self.settings.max_text_chars, feedback_log)
+        engine = open_engine(self.settings, index=index)
         if self.labels is not None:
-            labels.lock = self.labels.lock  # one writer at a time across reloads
-        self.pipeline, self.labels = build_pipeline(self.settings, index=index), labels
+            engine.labels.lock = self.labels.lock  # one writer at a time across reloads
+        self.engine, self.pipeline, self.labels = engine, engine.pipeline, engine.labels
 
     def _run_micro(self, texts: Sequence[str],
                    key: tuple[Pipeline, ClassifyOptions]) -> list[Outcome]:
@@ -168,8 +170,9 @@ class ServiceState:
             with contextlib.suppress(Exception):
                 checks["vectors"] = self.pipeline.index.vector_count()
                 checks["index"] = True
-            checks["labels"] = len(self.pipeline.index.labels)
-            self.metrics.labels.set(checks["labels"])  # type: ignore[arg-type]
+            count = len(self.pipeline.index.labels)
+            checks["labels"] = count
+            self.metrics.labels.set(count)
         checks["ready"] = bool(checks["embedder"] and checks["index"] and checks["labels"])
         self.metrics.ready.set(int(bool(checks["ready"])))
         if self.pipeline is not None and self.pipeline.selector is not None:
@@ -178,7 +181,8 @@ class ServiceState:
 
     def _llm_check(self) -> dict[str, object]:
         """The LLM circuit, as detail: retrieval still answers while the LLM is down."""
-        breaker = getattr(self.pipeline.selector, "breaker", None)  # type: ignore[union-attr]
+        selector = self.pipeline.selector if self.pipeline else None
+        breaker = selector.breaker if isinstance(selector, LLMSelector) else None
         if breaker is None:
             self.metrics.llm_circuit.state("off")
             return {"circuit": "off", "degraded": False}

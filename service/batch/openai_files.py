@@ -14,6 +14,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from prompts.answer import InvalidAnswer, parse_answer
 from prompts.render import Option, RenderedPrompt
@@ -31,9 +32,9 @@ from service.batch.sidecar import (
     meta_path,
     run_config,
 )
+from service.engine import Engine
 from service.pipeline import CandidateSource, ClassifyOptions, NoLLMConfigured, Pipeline
 from service.results import ItemError
-from service.settings import Settings
 
 CHAT_URL = "/v1/chat/completions"
 MAX_REQUESTS_PER_FILE = 50_000  # the Batch API's limits per input file
@@ -79,9 +80,20 @@ class _Deferrer:
         return Selection([], Usage(), 0, 0.0)
 
 
-def prepare(pipeline: Pipeline, settings: Settings, source: str, output: Path,
-            options: BatchOptions = DEFAULTS) -> dict[str, object]:
+class Prepared(TypedDict):
+    """What `prepare` wrote: counts, the request files and their directory."""
+
+    items: int
+    requests: int
+    errors: int
+    files: list[str]
+    directory: str
+
+
+def prepare(engine: Engine, source: str, output: Path,
+            options: BatchOptions = DEFAULTS) -> Prepared:
     """Retrieve for every input and write the request files; returns what was written."""
+    pipeline = engine.pipeline
     if not isinstance(pipeline.selector, LLMSelector):
         raise NoLLMConfigured("--openai-batch prepare needs the LLM settings: set "
                               "LABELRANK_LLM_MODEL and OPENAI_API_KEY (no request is sent)")
@@ -106,14 +118,13 @@ def prepare(pipeline: Pipeline, settings: Settings, source: str, output: Path,
                     requests.add(item["custom_id"], body)
                     counts["requests"] += 1
     requests.close()
-    config = run_config(settings, pipeline, "llm", "openai-batch", options.text_field,
-                        options.id_field)
+    config = run_config(engine, "llm", "openai-batch", options.text_field, options.id_field)
     (work / "meta.json").write_text(json.dumps({"config": config, **counts}, indent=2,
                                                sort_keys=True, default=str) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(work, final)
-    return {**counts, "files": [str(final / p.name) for p in requests.paths],
-            "directory": str(final)}
+    return Prepared(items=counts["items"], requests=counts["requests"], errors=counts["errors"],
+                    files=[str(final / p.name) for p in requests.paths], directory=str(final))
 
 
 def _stage(staged: Pipeline, recorder: _Recorder, deferrer: _Deferrer,
@@ -211,15 +222,16 @@ class _Replayer:
                          dropped_ids=parsed.unknown + parsed.over_limit)
 
 
-def collect(pipeline: Pipeline, settings: Settings, output: Path, results: Sequence[Path],
+def collect(engine: Engine, output: Path, results: Sequence[Path],
             options: BatchOptions = DEFAULTS) -> tuple[Stats, int]:
     """Write OUTPUT from the prepared items and the results files; returns (stats, bad lines)."""
+    pipeline = engine.pipeline
     directory = batch_dir(output)
     if not (directory / "items.jsonl").is_file():
         raise BatchMismatchError(f"{directory} holds no prepared batch: run "
                                  "`labelrank batch INPUT OUTPUT --openai-batch prepare` first")
     prepared = json.loads((directory / "meta.json").read_text())["config"]
-    config = run_config(settings, pipeline, "llm", "openai-batch", prepared["text_field"],
+    config = run_config(engine, "llm", "openai-batch", prepared["text_field"],
                         prepared["id_field"])
     if (changed := differences(prepared, config)) and not options.force:
         raise BatchMismatchError(

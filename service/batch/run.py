@@ -22,9 +22,9 @@ from service.batch.io import (
 )
 from service.batch.report import Progress, Stats
 from service.batch.sidecar import check_and_record, meta_path, run_config
+from service.engine import Engine
 from service.pipeline import ClassifyOptions, Mode, Pipeline
 from service.results import ClassifyResult, ItemError
-from service.settings import Settings
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -46,13 +46,13 @@ class BatchOptions:
 DEFAULTS = BatchOptions()
 
 
-def run_batch(pipeline: Pipeline, settings: Settings, source: str, output: Path,
-              options: BatchOptions = DEFAULTS, progress_every_s: float = 10.0,
-              tty: bool | None = None) -> Stats:
+def run_batch(engine: Engine, source: str, output: Path, options: BatchOptions = DEFAULTS,
+              progress_every_s: float = 10.0, tty: bool | None = None) -> Stats:
     """Label every input record not yet in OUTPUT; returns counts over the whole OUTPUT."""
+    pipeline, settings = engine.pipeline, engine.settings
     mode = pipeline.resolve_mode(options.mode)  # fails now, not after the first chunk
     fmt = resolve_format(source, options.input_format)
-    config = run_config(settings, pipeline, mode, "online", options.text_field, options.id_field)
+    config = run_config(engine, mode, "online", options.text_field, options.id_field)
     stats = Stats(total=count_records(source, fmt))
 
     def seen(record: dict) -> None:

@@ -9,8 +9,7 @@ from pathlib import Path
 
 from prompts.template import load_prompt
 from retrieval.errors import LabelrankError
-from service.factory import effective_settings
-from service.pipeline import Pipeline
+from service.engine import Engine
 from service.settings import Settings
 
 # Settings that change how a run goes but never what a record says; every other setting is
@@ -33,17 +32,17 @@ def meta_path(output: Path) -> Path:
     return output.with_name(output.name + ".meta.json")
 
 
-def run_config(settings: Settings, pipeline: Pipeline, mode: str, source: str,
-               text_field: str, id_field: str) -> dict[str, object]:
+def run_config(engine: Engine, mode: str, source: str, text_field: str,
+               id_field: str) -> dict[str, object]:
     """Everything that decides what a record says: index fingerprint and effective settings."""
-    effective = effective_settings(settings, pipeline.index)
+    effective = engine.settings
     chosen: dict[str, object] = {
         name: getattr(effective, name) for name in sorted(Settings.model_fields)
         if name not in OPERATIONAL
         and (mode == "llm" or not (name.startswith("llm_") or name in LLM_ONLY))}
     if mode == "llm":
         chosen["prompt_sha256"] = load_prompt(effective.prompt).sha256
-    config = {"index": pipeline.index.fingerprint(), "source": source, "mode": mode,
+    config = {"index": engine.index.fingerprint(), "source": source, "mode": mode,
               "text_field": text_field, "id_field": id_field, "settings": chosen}
     return json.loads(json.dumps(config, default=str))  # as it reads back from the file
 

@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from service.settings import get_settings
+from service.cli.common import settings_from
 
 
-def tune_command(
+def tune(
     examples: Annotated[Path, typer.Option(
         "--examples", "-e", help="Labelled JSONL/CSV of the index's labels (train split).")],
     dev: Annotated[Path | None, typer.Option(
@@ -28,14 +28,15 @@ def tune_command(
     learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 5e-5,
 ) -> None:
     """Fine-tune the embedder on labelled texts (in-batch + mined hard negatives)."""
-    from retrieval.tune.train import TuneConfig, tune
+    from retrieval.tune.train import TuneConfig
+    from retrieval.tune.train import tune as tune_embedder
     from service.factory import build_index
 
-    settings = get_settings(db=db)
+    settings = settings_from(db)
     index = build_index(settings)
     config = TuneConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                         max_pairs=max_pairs)
-    report = tune(index, examples, out, config, dev=dev)
+    report = tune_embedder(index, examples, out, config, dev=dev)
     typer.echo(
         f"tuned {report.base_model} on {report.pairs} pairs ({report.label_pairs} text-label, "
         f"{report.pairs - report.label_pairs} text-text; hard negatives: "
@@ -48,3 +49,8 @@ def tune_command(
     typer.echo(f"saved to {out}; re-index into a new directory (the old index refuses the new "
                f"model):\n  LABELRANK_EMBEDDER={out.resolve()} labelrank index CATALOG "
                "--examples EXAMPLES --db NEW_DB", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `tune` to the command tree."""
+    app.command()(tune)

@@ -1,0 +1,122 @@
+"""The eval harness's commands: eval, compare, calibrate, report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from service.cli.common import DbOpt, TopKOpt, parse_mode, settings_from
+
+DatasetArg = Annotated[Path, typer.Argument(help="Gold JSONL: {text, labels: [...]} per line.")]
+HalfOpt = Annotated[str | None, typer.Option(
+    help="Use only half a or b of the dataset (stable by id): calibrate on a, report on b.")]
+
+
+def eval_command(
+    dataset: DatasetArg,
+    db: DbOpt = None,
+    mode: Annotated[str, typer.Option(help="llm | retrieval")] = "retrieval",
+    prompt: Annotated[str | None, typer.Option(help="Prompt as task@version.")] = None,
+    top_k: TopKOpt = None,
+    limit: Annotated[int | None, typer.Option(help="Only the first N texts.")] = None,
+    sample: Annotated[int | None, typer.Option(
+        help="A stable pseudo-random sample of N texts (by a hash of their id).")] = None,
+    out: Annotated[Path, typer.Option(help="Directory for run files.")] = Path("eval/runs"),
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Bypass both caches.")] = False,
+    label: Annotated[str, typer.Option(help="A note stored in the run file.")] = "",
+    half: HalfOpt = None,
+) -> None:
+    """Score the pipeline on a gold set; print metrics and save a run file."""
+    from eval.datasets import load_dataset
+    from eval.run import EvalConfig, run_eval, save_run
+    from service.engine import open_engine
+
+    if mode not in ("llm", "retrieval"):
+        raise typer.BadParameter("--mode must be llm or retrieval")
+    engine = open_engine(settings_from(db, prompt=prompt))
+    config = EvalConfig(mode=parse_mode(mode), top_k=top_k, out_dir=out, label=label,
+                        cache_dir=None if no_cache else Path(".labelrank-cache"))
+    run = run_eval(engine, load_dataset(dataset, limit, half, sample), config)
+    path = save_run(run, out)
+    typer.echo(format_metrics(run))
+    typer.echo(f"\nrun saved to {path}")
+
+
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="Run file A (the baseline).")],
+    run_b: Annotated[Path, typer.Argument(help="Run file B.")],
+    flips: Annotated[int, typer.Option(help="How many changed texts to list.")] = 20,
+) -> None:
+    """Metric deltas between two runs and the texts whose outcome changed."""
+    from eval.compare import render_comparison
+    from eval.run import load_run
+
+    typer.echo(render_comparison(load_run(run_a), load_run(run_b), run_a.name, run_b.name,
+                                 max_flips=flips))
+
+
+def calibrate(
+    dataset: DatasetArg,
+    db: DbOpt = None,
+    metric: Annotated[str, typer.Option(
+        help="auto (accuracy for single-label, else f1_samples), f1_samples, jaccard, "
+             "accuracy, f1_micro or candidate_recall")] = "auto",
+    top_k: TopKOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show, do not save.")] = False,
+    half: HalfOpt = None,
+) -> None:
+    """Choose aggregation, threshold and label limit on a dev set; save them with the index."""
+    from eval.calibrate import calibrate as run_calibration
+    from eval.calibrate import calibration_record
+    from eval.datasets import load_dataset
+    from service.engine import open_engine
+
+    pipeline = open_engine(settings_from(db)).pipeline
+    data = load_dataset(dataset, half=half)
+    best, per_aggregation = run_calibration(pipeline, data, metric, top_k)
+    typer.echo(f"{'retrieval':<34}{best.metric:>18}{'cand. recall':>14}  threshold")
+    for cal in per_aggregation:
+        mark = " <-" if cal is best else ""
+        rule = cal.threshold
+        typer.echo(f"{cal.describe():<34}{cal.value:>18.4f}{cal.candidate_recall:>14.4f}"
+                   f"  sim>={rule.min_similarity:.2f} rel>={rule.relative:.2f}"
+                   f"{' (of branch top)' if rule.per_branch else ''} "
+                   f"max={rule.max_labels}{mark}")
+    if not dry_run:
+        pipeline.index.save_calibration(calibration_record(best, data))
+        typer.echo(f"\nsaved with the index: {best.settings()}")
+
+
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="One or more run files.")],
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("eval/report.png"),
+) -> None:
+    """Plot recall@K curves and metric bars for runs side by side (PNG)."""
+    from eval.report import plot_runs
+    from eval.run import load_run
+
+    typer.echo(str(plot_runs([(p.stem, load_run(p)) for p in runs], out)))
+
+
+def format_metrics(run: dict) -> str:
+    """The metrics table printed after a run."""
+    lines = [f"{run['dataset']['name']}  n={run['dataset']['n']}  mode={run['mode']}  "
+             f"aggregation={run['retrieval']['aggregation']}  top_k={run['retrieval']['top_k']}"]
+    for name, value in run["metrics"].items():
+        lines.append(f"  {name:<22}{value:>10.4f}" if isinstance(value, float)
+                     else f"  {name:<22}{value:>10}")
+    totals = run["totals"]
+    lines.append(f"  tokens in/out {totals['prompt_tokens']}/{totals['completion_tokens']}  "
+                 f"llm calls {totals['llm_calls']}  degraded {totals['degraded']}  "
+                 f"errors {totals['errors']}  {totals['texts_per_s']} texts/s")
+    return "\n".join(lines)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the eval harness's commands to the command tree."""
+    app.command("eval")(eval_command)
+    app.command()(compare)
+    app.command()(calibrate)
+    app.command()(report)

@@ -1,0 +1,51 @@
+"""The one core object every front end shares: effective settings, index, pipeline, live labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from retrieval.index import LabelIndex
+from service.factory import build_index, effective_settings, pipeline_for
+from service.labels import LiveLabels
+from service.pipeline import Pipeline
+from service.settings import Settings
+
+
+@dataclass
+class Engine:
+    """What the CLI, the API, batch and eval all run on, built once from settings.
+
+    `settings` are the effective ones: the calibration saved with the index fills in what the
+    user did not set explicitly. Nothing downstream recomputes them.
+    """
+
+    settings: Settings
+    pipeline: Pipeline
+    labels: LiveLabels
+
+    @property
+    def index(self) -> LabelIndex:
+        """The label index behind the pipeline."""
+        return self.pipeline.index
+
+    def describe(self) -> dict[str, object]:
+        """What the index holds and the retrieval in effect (the `labelrank info` answer)."""
+        index = self.index
+        pipeline = self.pipeline
+        return {
+            "db": str(self.settings.chroma_host or self.settings.db),
+            "index": index.fingerprint(), "embedder_backend": index.embedder.backend,
+            "assignable_labels": sum(lab.assignable for lab in index.labels.values()),
+            "vectors": index.vector_count(), "retrieval": pipeline.retriever.describe(),
+            "top_k": pipeline.top_k, "threshold": pipeline.threshold.__dict__,
+            "calibration": index.calibration(), "llm": pipeline.selector is not None,
+        }
+
+
+def open_engine(settings: Settings, index: LabelIndex | None = None) -> Engine:
+    """The engine on the configured index (or the given one), calibration applied."""
+    index = index or build_index(settings)
+    effective = effective_settings(settings, index)
+    feedback_log = effective.feedback_log or effective.db / "feedback.jsonl"
+    return Engine(effective, pipeline_for(effective, index),
+                  LiveLabels(index, effective.max_text_chars, feedback_log))
