@@ -15,7 +15,7 @@ $(BIN)/labelrank: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned, so the CPU build on disk is used instead of the CUDA one.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,tune,plots]'
 	touch $(BIN)/labelrank
 
 install: $(BIN)/labelrank
@@ -25,6 +25,7 @@ demo: install
 
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 # Minutes-long tests: real multi-process servers, kill -9 during indexing, schema fuzzing.
@@ -33,6 +34,7 @@ test-slow: install
 
 lint: install
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 llm-install: install
 	mkdir -p $(WHEELS)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from retrieval.errors import require_extra
+
 
 def confused_pairs(run: dict, top: int = 15) -> list[tuple[str, str, int]]:
     """The (gold, predicted) label pairs an eval run got wrong most often."""
@@ -32,6 +34,7 @@ def plot_map(centroids: dict[str, np.ndarray], names: dict[str, str], out: Path,
              overlapping: list[tuple[str, str]] = (),  # type: ignore[assignment]
              confused: list[tuple[str, str, int]] = ()) -> Path:  # type: ignore[assignment]
     """Write the PNG: every label a dot; overlapping pairs orange, confused pairs red."""
+    require_extra("matplotlib", "plots")
     import matplotlib
 
     matplotlib.use("Agg")

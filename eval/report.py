@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from eval.metrics import recall_curve
+from retrieval.errors import require_extra
 
 BAR_METRICS = ("candidate_recall", "R@5", "RP@5", "RP@10", "f1_micro", "f1_macro", "f1_samples",
                "jaccard", "exact_match", "accuracy", "in_scope_accuracy", "none_recall",
@@ -13,6 +14,7 @@ BAR_METRICS = ("candidate_recall", "R@5", "RP@5", "RP@10", "f1_micro", "f1_macro
 
 def plot_runs(runs: list[tuple[str, dict]], out: Path, max_k: int = 100) -> Path:
     """Recall@K curves (K = 1..max_k) and side-by-side metric bars for up to a few runs."""
+    require_extra("matplotlib", "plots")
     import matplotlib
 
     matplotlib.use("Agg")

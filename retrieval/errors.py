@@ -47,3 +47,19 @@ class IndexMismatchError(LabelrankError):
 class EmptyIndexError(LabelrankError):
     code = "empty_index"
     status = 409
+
+
+class MissingExtraError(LabelrankError):
+    """Raised when a command needs an optional dependency group that is not installed."""
+
+    code = "missing_extra"
+    status = 501
+
+
+def require_extra(module: str, extra: str) -> None:
+    """Fail with one clear line naming the extra to install when `module` cannot be imported."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise MissingExtraError(f"this command needs the {module!r} package: "
+                                f"pip install 'labelrank[{extra}]'", module=module, extra=extra)

@@ -17,7 +17,7 @@ from sentence_transformers.base.sampler import DefaultBatchSampler
 
 from retrieval.catalog import Catalog, load_examples
 from retrieval.embedder import resolve_model_path
-from retrieval.errors import LabelrankError
+from retrieval.errors import LabelrankError, require_extra
 from retrieval.index import LabelIndex
 from retrieval.tune.pairs import (
     Row,
@@ -144,6 +144,8 @@ def tune(index: LabelIndex, examples: Path, out: Path, config: TuneConfig,
          dev: Path | None = None) -> TuneReport:
     """Tune a copy of the index's embedder on `examples` and save it to `out` (with a
     before/after nearest-label check on `dev` when given)."""
+    for module in ("datasets", "accelerate"):  # the trainer's, checked before minutes of mining
+        require_extra(module, "tune")
     check_output(out, index)
     report = TuneReport(out=str(out), base_model=index.embedder.name, examples=str(examples),
                         config=asdict(config))
