@@ -125,5 +125,6 @@ class CachedSelector:
             data = json.loads(hit[key])
             return Selection(**{**data, "usage": Usage(**data["usage"]), "attempts": 0})
         selection = self.inner.select(text, options, max_labels)
-        self.store.put_many({key: json.dumps(asdict(selection))})
+        self.store.put_many({key: json.dumps({**asdict(selection),
+                                              "usage": selection.usage.model_dump()})})
         return selection

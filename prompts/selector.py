@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import openai
+from pydantic import BaseModel, ConfigDict
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -41,16 +42,17 @@ class LLMError(LabelrankError):
         self.attempts = attempts
 
 
-@dataclass(frozen=True)
-class Usage:
-    """Token counts reported by the endpoint."""
+class Usage(BaseModel):
+    """LLM tokens reported by the endpoint (per call, or summed over a result's calls)."""
+
+    model_config = ConfigDict(frozen=True)
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(self.prompt_tokens + other.prompt_tokens,
-                     self.completion_tokens + other.completion_tokens)
+        return Usage(prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+                     completion_tokens=self.completion_tokens + other.completion_tokens)
 
 
 @dataclass(frozen=True)
@@ -258,8 +260,8 @@ def _content_and_usage(completion: object, attempts: int) -> tuple[str, Usage]:
         raise LLMError("LLM response has no message content", reason="invalid_answer",
                        attempts=attempts) from exc
     usage = getattr(completion, "usage", None)
-    return content, Usage(getattr(usage, "prompt_tokens", 0) or 0,
-                          getattr(usage, "completion_tokens", 0) or 0)
+    return content, Usage(prompt_tokens=getattr(usage, "prompt_tokens", 0) or 0,
+                          completion_tokens=getattr(usage, "completion_tokens", 0) or 0)
 
 
 def _reason(exc: openai.APIError) -> str:

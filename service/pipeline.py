@@ -16,7 +16,7 @@ from retrieval.errors import InvalidTextError, LabelrankError, TextTooLongError
 from retrieval.fusion import Candidate
 from retrieval.index import LabelIndex
 from retrieval.taxonomy import taxonomy_of
-from service.results import ClassifyResult, ItemError, LabelScore, NoneReason, Outcome, Usage
+from service.results import ClassifyResult, ItemError, LabelScore, NoneReason, Outcome
 
 Mode = Literal["auto", "llm", "retrieval"]
 
@@ -184,8 +184,7 @@ class Pipeline:
             labels=self._scores(chosen), candidates=self._scores(candidates), mode="llm",
             reason=None if chosen else "the LLM chose none of the candidates",
             none_reason=None if chosen else "llm_rejected_all",
-            usage=Usage(prompt_tokens=selection.usage.prompt_tokens,
-                        completion_tokens=selection.usage.completion_tokens),
+            usage=selection.usage,
             dropped_ids=selection.dropped_ids, llm_attempts=selection.attempts,
             latency_ms=selection.latency_s * 1000,
         )

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from prompts.selector import Usage
+
 NoneReason = Literal["no_candidates", "below_threshold", "llm_rejected_all", "subtree_empty"]
 
 
@@ -17,13 +19,6 @@ class LabelScore(BaseModel):
     score: float
     similarity: float | None = None
     path: list[str] | None = Field(None, description="Ancestor ids, root first; absent for a root")
-
-
-class Usage(BaseModel):
-    """LLM tokens spent on one result."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
 
 
 class ClassifyResult(BaseModel):

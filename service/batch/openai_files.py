@@ -305,7 +305,8 @@ def _answer(data: dict) -> Answer:
     if not isinstance(body, dict):
         return Answer(reason="invalid_answer", message="the response body is not JSON")
     usage = body.get("usage") or {}
-    tokens = Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+    tokens = Usage(prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                   completion_tokens=int(usage.get("completion_tokens") or 0))
     try:
         content = body["choices"][0]["message"]["content"] or ""
     except (KeyError, IndexError, TypeError):
