@@ -45,14 +45,27 @@ class StrictModel(BaseModel):
 
 
 class LabelIn(StrictModel):
-    """A whole label (PUT creates or replaces it, examples included)."""
+    """A whole label (PUT creates or replaces it, examples included); a catalog line or a
+    label as GET returns it is accepted as it is."""
 
+    id: LabelId | None = Field(None, description="Optional; must equal the id in the URL")
     name: Name
     description: Description = ""
     aliases: list[Name] = []
     parent: LabelId | None = None
     assignable: bool = True
     examples: list[Text] = []
+    # GET answers carry these; they follow from `parent`, so a write ignores them.
+    path: list[str] | None = Field(None, description="Read-only (ancestors); ignored")
+    children: list[str] | None = Field(None, description="Read-only (set `parent` on a "
+                                       "child to move it); ignored")
+
+    def check_id(self, label_id: str) -> None:
+        """Refuse a body whose `id` names another label than the URL does."""
+        if self.id is not None and self.id != label_id:
+            raise InvalidLabelError(f"the body's id {self.id!r} differs from the URL's "
+                                    f"{label_id!r}; to rename a label, PUT the new id and "
+                                    "DELETE the old one", field="id", label_id=label_id)
 
 
 class LabelPatch(StrictModel):

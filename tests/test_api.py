@@ -242,6 +242,23 @@ def test_label_writes_are_validated(client: TestClient) -> None:
     assert client.get("/v1/labels/pets.cats").json()["name"] == "Cats"
 
 
+def test_get_then_put_of_the_same_json_changes_nothing(client: TestClient) -> None:
+    for label_id in ("pets", "pets.cats"):  # a parent (children) and a child (path)
+        before = client.get(f"/v1/labels/{label_id}").json()
+        assert before["children"] or before["path"]
+        written = client.put(f"/v1/labels/{label_id}", json=before)
+        assert written.status_code == 200, written.text
+        assert written.json()["vectors_added"] == written.json()["vectors_removed"] == 0
+        assert client.get(f"/v1/labels/{label_id}").json() == before
+
+    line = json.loads(MINI_CATALOG.read_text().splitlines()[1])  # a catalog line, id and all
+    assert client.put(f"/v1/labels/{line['id']}", json=line).status_code == 200
+    other = client.put("/v1/labels/pets.cats", json={**line, "id": "pets.dogs"})
+    assert other.status_code == 422
+    assert other.json()["error"]["code"] == "invalid_label"
+    assert "'pets.dogs' differs from the URL's 'pets.cats'" in other.json()["error"]["message"]
+
+
 def test_feedback_changes_a_later_answer(tmp_path: Path, client: TestClient) -> None:
     text = "my hamster escaped from its cage"
     assert client.put("/v1/labels/pets.exotic",

@@ -136,7 +136,10 @@ async def get_label(label_id: LabelIdPath, labels: LabelsDep) -> Any:
 @write.put("/v1/labels/{label_id:path}", response_model=LabelWrite, tags=["labels"])
 async def put_label(label_id: LabelIdPath, body: LabelIn, labels: LabelsDep,
                     state: StateDep) -> Any:
-    """Create or replace a label, examples included; the next classify request sees it."""
+    """Create or replace a label, examples included; the next classify request sees it.
+    The body may be a catalog line or a GET answer (`id` must match; `path`, `children`
+    are ignored)."""
+    body.check_id(label_id)
     done = await anyio.to_thread.run_sync(labels.put, label_id, body)
     state.metrics.label_writes.labels("create" if done.created else "replace").inc()
     return await anyio.to_thread.run_sync(_written, labels, done)
