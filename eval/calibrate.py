@@ -10,9 +10,10 @@ import numpy as np
 
 from eval.datasets import Dataset, refuse_test_split
 from eval.metrics import is_single_label
-from retrieval.branches import BranchConfig, within_branches
+from retrieval.branches import BranchConfig, BranchStage
 from retrieval.decision import Threshold, top_scores
-from retrieval.fusion import Aggregation, Candidate, aggregate
+from retrieval.fusion import Aggregation, Candidate
+from retrieval.retriever import Retriever
 from retrieval.taxonomy import taxonomy_of
 from service.pipeline import Pipeline
 
@@ -158,32 +159,32 @@ def calibrate(pipeline: Pipeline, dataset: Dataset, metric: str = "auto",
 
     texts = [ex.text for ex in dataset.examples]
     retriever = pipeline.retriever
-    if getattr(retriever, "subqueries", None):  # sub-query retrieval has only its own scoring
-        only = scored(retriever.aggregation,  # type: ignore[attr-defined]
-                      retriever.candidates(texts, top_k))
+    if not isinstance(retriever, Retriever):
+        raise TypeError(f"calibration searches and ranks itself: it needs a Retriever, "
+                        f"not {type(retriever).__name__}")
+    # Calibrate the stages that serve (sub-queries, lexical, ...); branch mode is searched here.
+    stages = [s for s in retriever.stages if not isinstance(s, BranchStage)]
+    if any(s.rescores for s in stages):  # sub-query scoring replaces aggregation: thresholds only
+        search = retriever.search(texts, top_k)
+        only = scored(retriever.aggregation, retriever.rank(search, stages=retriever.stages))
         return only, [only]
-    flat_depth = max(retriever.neighbours, top_k)  # type: ignore[attr-defined]
     widen = BranchConfig().widen
-    index = pipeline.index
-    # One search deep enough for branch mode; its first `flat_depth` hits are exactly flat's.
-    hits = index.search(index.embedder.embed(texts), flat_depth * widen, with_texts=False)
-    assignable = retriever.assignable()  # type: ignore[attr-defined]
-    results = [scored(how, [aggregate(h[:flat_depth], how, top_k, assignable) for h in hits])
-               for how in AGGREGATIONS]
+    # One search deep enough for branch mode; its first hits are exactly what flat ranks.
+    search = retriever.search(texts, top_k, widen=widen)
+    results = [scored(how, retriever.rank(search, how, stages)) for how in AGGREGATIONS]
     best = max(results, key=lambda c: (c.value, c.candidate_recall))
     depths = range(min(taxonomy.max_depth(), MAX_BRANCH_DEPTH))
     flat = best
-    if depths:
-        pools = [aggregate(h, flat.aggregation, top_k * widen, assignable) for h in hits]
-        for depth in depths:
-            for count in BRANCH_COUNTS:
-                config = BranchConfig(depth, count, widen)
-                cal = scored(flat.aggregation,
-                             [within_branches(p, taxonomy, config, top_k) for p in pools], config)
-                results.append(cal)
-                if beats_flat(cal, flat) and (best is flat or (cal.value, cal.candidate_recall)
-                                              > (best.value, best.candidate_recall)):
-                    best = cal
+    for depth in depths:
+        for count in BRANCH_COUNTS:
+            config = BranchConfig(depth, count, widen)
+            cal = scored(flat.aggregation,
+                         retriever.rank(search, flat.aggregation, [*stages, BranchStage(config)]),
+                         config)
+            results.append(cal)
+            if beats_flat(cal, flat) and (best is flat or (cal.value, cal.candidate_recall)
+                                          > (best.value, best.candidate_recall)):
+                best = cal
     return best, results
 
 

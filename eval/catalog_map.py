@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,8 @@ def project(centroids: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def plot_map(centroids: dict[str, np.ndarray], names: dict[str, str], out: Path,
-             overlapping: list[tuple[str, str]] = (),  # type: ignore[assignment]
-             confused: list[tuple[str, str, int]] = ()) -> Path:  # type: ignore[assignment]
+             overlapping: Sequence[tuple[str, str]] = (),
+             confused: Sequence[tuple[str, str, int]] = ()) -> Path:
     """Write the PNG: every label a dot; overlapping pairs orange, confused pairs red."""
     require_extra("matplotlib", "plots")
     import matplotlib

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import openai
+from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, ConfigDict
 from tenacity import (
     RetryCallState,
@@ -253,9 +254,9 @@ class LLMSelector:
         return self._backoff(state)
 
 
-def _content_and_usage(completion: object, attempts: int) -> tuple[str, Usage]:
-    try:
-        content = completion.choices[0].message.content or ""  # type: ignore[attr-defined]
+def _content_and_usage(completion: ChatCompletion, attempts: int) -> tuple[str, Usage]:
+    try:  # servers differ: a missing part is an unusable answer, not a crash
+        content = completion.choices[0].message.content or ""
     except (AttributeError, IndexError, TypeError) as exc:
         raise LLMError("LLM response has no message content", reason="invalid_answer",
                        attempts=attempts) from exc

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from retrieval.fusion import Candidate
-from retrieval.taxonomy import Taxonomy
+from retrieval.index import LabelIndex
+from retrieval.stages import Search, Shortlists
+from retrieval.taxonomy import Taxonomy, taxonomy_of
 
 
 @dataclass(frozen=True)
@@ -43,3 +46,41 @@ def within_branches(pool: Sequence[Candidate], taxonomy: Taxonomy, config: Branc
     scores = branch_scores(pool[:top_k], taxonomy, config.depth)
     kept = set(sorted(scores, key=lambda b: (-scores[b], b))[: config.branches])
     return [c for c in pool if taxonomy.branch(c.label_id, config.depth) in kept][:top_k]
+
+
+class _BranchSettings(Protocol):
+    retrieval_mode: str
+    branch_depth: int
+    branches: int
+
+
+@dataclass(frozen=True)
+class BranchStage:
+    """Stage 2 of branch mode: keeps the best leaves of the likeliest branches."""
+
+    config: BranchConfig
+    needs_vectors: bool = False
+    rescores: bool = False
+
+    @property
+    def widen(self) -> int:
+        """The pool is deeper than the shortlist by the config's factor."""
+        return self.config.widen
+
+    @classmethod
+    def from_settings(cls, settings: _BranchSettings) -> BranchStage | None:
+        """On when `retrieval_mode` is `branch`."""
+        if settings.retrieval_mode != "branch":
+            return None
+        return cls(BranchConfig(settings.branch_depth, settings.branches))
+
+    def describe(self, method: str) -> str:
+        """`method+branch(d,b,w)`."""
+        return f"{method}+{self.config.describe()}"
+
+    def apply(self, index: LabelIndex, search: Search, pools: Shortlists | None,
+              pool_k: int) -> Shortlists:
+        """Each pool cut to the shortlist's size within the branches it favours."""
+        assert pools is not None, "the branch stage needs aggregated pools"
+        taxonomy = taxonomy_of(index.labels)
+        return [within_branches(pool, taxonomy, self.config, search.top_k) for pool in pools]

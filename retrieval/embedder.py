@@ -59,6 +59,12 @@ class SentenceTransformerEmbedder:
         # be faster: one batch at a time, whichever front end calls.
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_spec(cls, model: str, batch_size: int, threads: int | None,
+                  cache_dir: Path | None) -> SentenceTransformerEmbedder:
+        """The `torch` backend (`cache_dir` is for exported graphs: unused here)."""
+        return cls(model, batch_size=batch_size, threads=threads)
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed a batch; one text is a batch of one."""
         if not texts:

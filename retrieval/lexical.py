@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Protocol
 
 from retrieval.catalog import Label
 from retrieval.fusion import Candidate
+from retrieval.index import LabelIndex
+from retrieval.stages import Search, Shortlists
 
 _TOKEN = re.compile(r"[\w+#]+(?:[.\-/][\w+#]+)*", re.UNICODE)
 MAX_PHRASE_WORDS = 6
@@ -55,3 +58,42 @@ def boost(candidates: Sequence[Candidate], matched: set[str], weight: float,
                 for label_id in sorted(matched - present)]
     boosted.sort(key=lambda c: (-c.score, c.label_id))
     return boosted[:top_k]
+
+
+class _LexicalSettings(Protocol):
+    lexical_weight: float
+
+
+class LexicalStage:
+    """Lifts labels named verbatim in the text by `weight` (adds them when missing)."""
+
+    widen = 1
+    needs_vectors = False
+    rescores = False
+
+    def __init__(self, weight: float) -> None:
+        self.weight = weight
+        self._lexicon: Lexicon | None = None
+
+    @classmethod
+    def from_settings(cls, settings: _LexicalSettings) -> LexicalStage | None:
+        """On when `lexical_weight` is above zero."""
+        return cls(settings.lexical_weight) if settings.lexical_weight else None
+
+    def describe(self, method: str) -> str:
+        """`method+lexical(w)`."""
+        return f"{method}+lexical({self.weight:g})"
+
+    def apply(self, index: LabelIndex, search: Search, pools: Shortlists | None,
+              pool_k: int) -> Shortlists:
+        """Boost each text's pool by the labels it names."""
+        assert pools is not None, "the lexical stage needs aggregated pools"
+        lexicon = self._current(index.labels)
+        return [boost(pool, lexicon.matches(text) & search.allowed, self.weight, pool_k)
+                for pool, text in zip(pools, search.texts, strict=True)]
+
+    def _current(self, labels: Mapping[str, Label]) -> Lexicon:
+        # The index swaps in a new labels dict on every change, so identity tells staleness.
+        if self._lexicon is None or self._lexicon.source is not labels:
+            self._lexicon = Lexicon(labels)
+        return self._lexicon

@@ -63,6 +63,18 @@ class OnnxEmbedder:
         # one batch at a time is as fast and keeps latency predictable.
         self._lock = threading.Lock()
 
+    @classmethod
+    def fp32(cls, model: str, batch_size: int, threads: int | None,
+             cache_dir: Path | None) -> OnnxEmbedder:
+        """The `onnx` backend: torch's vectors to 1e-4."""
+        return cls(model, "fp32", batch_size, threads, cache_dir)
+
+    @classmethod
+    def int8(cls, model: str, batch_size: int, threads: int | None,
+             cache_dir: Path | None) -> OnnxEmbedder:
+        """The `onnx-int8` backend: dynamically quantised, about 2x faster in batch."""
+        return cls(model, "int8", batch_size, threads, cache_dir)
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed a batch; texts are grouped by length so padding stays small."""
         if not texts:

@@ -37,9 +37,9 @@ class Taxonomy:
                 return ()
             chain: list[str] = []
             parent = self.labels[label_id].parent
-            while parent in self.labels and len(chain) < _MAX_DEPTH:
-                chain.append(parent)  # type: ignore[arg-type]
-                parent = self.labels[parent].parent  # type: ignore[index]
+            while parent is not None and parent in self.labels and len(chain) < _MAX_DEPTH:
+                chain.append(parent)
+                parent = self.labels[parent].parent
             found = self._paths[label_id] = tuple(chain[::-1])
         return found
 

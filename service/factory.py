@@ -10,26 +10,22 @@ from prompts.breaker import CircuitBreaker
 from prompts.deadline import DeadlineTransport
 from prompts.selector import LLMConfig, LLMSelector
 from prompts.template import load_prompt
-from retrieval.branches import BranchConfig
 from retrieval.decision import Threshold
-from retrieval.embedder import Embedder, SentenceTransformerEmbedder
+from retrieval.embedder import Embedder
 from retrieval.fusion import Aggregation
 from retrieval.index import LabelIndex, chroma_client
-from retrieval.onnx_embedder import OnnxEmbedder
 from retrieval.retriever import Retriever
-from retrieval.subqueries import SubqueryConfig
-from service.pipeline import Pipeline
+from retrieval.stages import CandidateStage
+from service.pipeline import Pipeline, Selector
+from service.registry import CANDIDATE_STAGES, EMBEDDER_BACKENDS, SELECTORS, lookup
 from service.settings import Settings
 
 
 def make_embedder(model: str, backend: str, batch_size: int, threads: int | None,
                   cache: Path | None) -> Embedder:
-    """Load an embedder on the given backend."""
-    if backend == "torch":
-        return SentenceTransformerEmbedder(model, batch_size=batch_size, threads=threads)
-    precision = "int8" if backend == "onnx-int8" else "fp32"
-    return OnnxEmbedder(model, precision=precision, batch_size=batch_size, threads=threads,
-                        cache_dir=cache)
+    """Load an embedder on the given (registered) backend."""
+    return lookup(EMBEDDER_BACKENDS, backend, "embedder backend")(model, batch_size, threads,
+                                                                   cache)
 
 
 def _embedder_spec(settings: Settings) -> tuple:
@@ -67,10 +63,21 @@ def endpoint_breaker(base_url: str | None, fail_max: int, reset_s: float) -> Cir
     return CircuitBreaker(fail_max, reset_s)
 
 
-def build_selector(settings: Settings) -> LLMSelector | None:
-    """The LLM selector, or None when no endpoint is configured."""
-    if not settings.llm_configured:
-        return None
+def build_selector(settings: Settings) -> Selector | None:
+    """The configured selector (`auto`: the LLM when an endpoint is set), or None."""
+    name = settings.selector
+    if name == "auto":
+        name = "llm" if settings.llm_configured else "none"
+    return lookup(SELECTORS, name, "selector")(settings)
+
+
+def no_selector(settings: Settings) -> None:
+    """Retrieval only: the calibrated threshold chooses."""
+    return None
+
+
+def build_llm_selector(settings: Settings) -> LLMSelector:
+    """The LLM selector on the configured OpenAI-compatible endpoint."""
     import httpx
     import openai
 
@@ -95,6 +102,13 @@ def build_selector(settings: Settings) -> LLMSelector | None:
         schema_slots=max(settings.top_k, 20),
     )
     return LLMSelector(client, load_prompt(settings.prompt), config, breaker)
+
+
+def build_stages(settings: Settings) -> list[CandidateStage]:
+    """The registered candidate stages that the settings switch on, in registry order."""
+    stages = (lookup(CANDIDATE_STAGES, name, "candidate stage").from_settings(settings)
+              for name in CANDIDATE_STAGES)
+    return [stage for stage in stages if stage is not None]
 
 
 CALIBRATED_FIELDS = ("aggregation", "rrf_k", "max_hits_per_label", "threshold",
@@ -122,14 +136,9 @@ def pipeline_for(settings: Settings, index: LabelIndex) -> Pipeline:
                               settings.max_hits_per_label or None)
     threshold = Threshold(settings.threshold, settings.relative_threshold, settings.max_labels,
                           settings.relative_per_branch)
-    subqueries = SubqueryConfig(settings.subqueries, settings.subquery_max_words,
-                                settings.subquery_weight, settings.subquery_neighbours
-                                ) if settings.subqueries else None
-    branching = (BranchConfig(settings.branch_depth, settings.branches)
-                 if settings.retrieval_mode == "branch" else None)
     selector = build_selector(settings)
-    retriever = Retriever(index, aggregation, settings.neighbours, subqueries,
-                          settings.lexical_weight, branching, evidence=selector is not None)
+    retriever = Retriever(index, aggregation, settings.neighbours, build_stages(settings),
+                          evidence=selector is not None)
     return Pipeline(retriever, threshold,
                     top_k=settings.top_k, selector=selector,
                     max_text_chars=settings.max_text_chars,

@@ -29,6 +29,10 @@ class CandidateSource(Protocol):
     def candidates(self, texts: Sequence[str], top_k: int,
                    within: frozenset[str] | None = None) -> list[list[Candidate]]: ...
 
+    def describe(self) -> str:
+        """The retrieval method in a few words (run files, caches, `labelrank info`)."""
+        ...
+
 
 class Selector(Protocol):
     """Chooses among candidates for one text."""
@@ -37,6 +41,8 @@ class Selector(Protocol):
 
 
 class NoLLMConfigured(LabelrankError):
+    """Raised when LLM mode is asked for and no LLM endpoint is configured."""
+
     code = "llm_not_configured"
     status = 400
 
@@ -101,7 +107,7 @@ class Pipeline:
         top_k = options.top_k or self.top_k
         max_labels = options.max_labels or self.threshold.max_labels
         within = self._within(options.subtree)
-        outcomes: list[Outcome | None] = [None] * len(texts)
+        outcomes: dict[int, Outcome] = {}
         valid: list[int] = []
         for position, text in enumerate(texts):
             try:
@@ -114,9 +120,10 @@ class Pipeline:
         shortlists = (self.retriever.candidates(batch, top_k) if within is None
                       else self.retriever.candidates(batch, top_k, within=within))
         retrieval_ms = (time.perf_counter() - started) * 1000 / max(len(valid), 1)
-        if mode == "llm":
+        selector = self.selector
+        if mode == "llm" and selector is not None:  # resolve_mode refused llm without one
             chosen = self._pool.map(
-                lambda args: self._with_llm(*args, max_labels=max_labels,
+                lambda args: self._with_llm(selector, *args, max_labels=max_labels,
                                             subtree=options.subtree),
                 [(texts[i], cands) for i, cands in zip(valid, shortlists, strict=True)])
         else:
@@ -125,7 +132,7 @@ class Pipeline:
         for position, result in zip(valid, chosen, strict=True):
             result.latency_ms = round(result.latency_ms + retrieval_ms, 2)
             outcomes[position] = result
-        return outcomes  # type: ignore[return-value]
+        return [outcomes[position] for position in range(len(texts))]
 
     def resolve_mode(self, mode: Mode) -> Literal["llm", "retrieval"]:
         """The path `mode` takes here; `llm` without an LLM configured is an error."""
@@ -162,8 +169,8 @@ class Pipeline:
                               mode="retrieval", degraded=degraded_reason is not None,
                               reason=reason, none_reason=none_reason)
 
-    def _with_llm(self, text: str, candidates: list[Candidate], max_labels: int,
-                  subtree: str | None = None) -> ClassifyResult:
+    def _with_llm(self, selector: Selector, text: str, candidates: list[Candidate],
+                  max_labels: int, subtree: str | None = None) -> ClassifyResult:
         labels = self.index.labels  # one snapshot: a label deleted meanwhile is simply skipped
         candidates = [c for c in candidates if c.label_id in labels]
         if not candidates:  # nothing to choose from: no call
@@ -171,7 +178,8 @@ class Pipeline:
             return ClassifyResult(labels=[], candidates=[], mode="llm", reason=why,
                                   none_reason=none_reason)
         try:
-            selection = self.selector.select(text, self._options(candidates, labels), max_labels)  # type: ignore[union-attr]
+            selection = selector.select(text, self._prompt_candidates(candidates, labels),
+                                        max_labels)
         except LLMError as exc:
             fallback = self._with_threshold(candidates, max_labels,
                                             degraded_reason=f"llm_failed: {exc.reason}",
@@ -189,8 +197,9 @@ class Pipeline:
             latency_ms=selection.latency_s * 1000,
         )
 
-    def _options(self, candidates: list[Candidate],
-                 labels: Mapping[str, Label] | None = None) -> list[Option]:
+    def _prompt_candidates(self, candidates: list[Candidate],
+                           labels: Mapping[str, Label] | None = None) -> list[Option]:
+        """The candidates as the prompt shows them: names, descriptions, paths, evidence."""
         labels = self.index.labels if labels is None else labels
         taxonomy = taxonomy_of(labels)
         return [Option(c.label_id, labels[c.label_id].name, labels[c.label_id].description,

@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     chroma_port: int = 8000
     collection: str = "labelrank"
     embedder: str = "all-MiniLM-L6-v2"
-    embedder_backend: Literal["torch", "onnx", "onnx-int8"] = "onnx"
+    embedder_backend: str = "onnx"  # a name in service.registry.EMBEDDER_BACKENDS
     embedder_cache: Path | None = None
     embed_batch_size: int = Field(128, ge=1)
     embed_threads: int | None = Field(None, ge=1)
@@ -52,6 +52,10 @@ class Settings(BaseSettings):
     retrieval_mode: Literal["flat", "branch"] = "flat"
     branch_depth: int = Field(0, ge=0, le=32)
     branches: int = Field(3, ge=1, le=100)
+
+    # Choosing among candidates: auto (the LLM when an endpoint is set), llm, none, or any name
+    # in service.registry.SELECTORS.
+    selector: str = "auto"
 
     # LLM (any OpenAI-compatible endpoint)
     llm_base_url: str | None = Field(
@@ -84,6 +88,16 @@ class Settings(BaseSettings):
     microbatch_wait_ms: float = Field(2.0, ge=0)
     index_refresh_s: float = Field(1.0, ge=0)
     feedback_log: Path | None = None
+
+    @field_validator("embedder_backend", mode="after")
+    @classmethod
+    def _registered_backend(cls, value: str) -> str:
+        from service.registry import EMBEDDER_BACKENDS
+
+        if value not in EMBEDDER_BACKENDS:
+            raise ValueError(f"unknown embedder backend {value!r}; registered: "
+                             f"{', '.join(EMBEDDER_BACKENDS)}")
+        return value
 
     @field_validator("llm_base_url", "chroma_host", mode="after")
     @classmethod

@@ -1,4 +1,4 @@
-"""Sub-queries: segmentation and fused retrieval of several labels named in one short text."""
+"""Sub-queries: splitting and fused retrieval of several labels named in one short text."""
 
 from __future__ import annotations
 
@@ -7,20 +7,20 @@ from pathlib import Path
 import pytest
 
 from retrieval.index import LabelIndex
-from retrieval.subqueries import SubqueryConfig, segments
+from retrieval.subqueries import SubqueryConfig, split_subqueries
 from service.factory import build_pipeline
 from service.pipeline import ClassifyOptions
 from tests.conftest import make_settings
 
 
 def test_short_text_becomes_ngrams_without_stopword_only_parts() -> None:
-    parts = segments("django and postgresql", SubqueryConfig(max_ngram=2))
+    parts = split_subqueries("django and postgresql", SubqueryConfig(max_ngram=2))
     assert parts == ["django", "postgresql", "django and", "and postgresql"]
 
 
 def test_long_text_becomes_sentences() -> None:
     text = "The patient had a fever. " + "Cough and chest pain were noted for days " * 3 + "."
-    parts = segments(text, SubqueryConfig(max_words=10))
+    parts = split_subqueries(text, SubqueryConfig(max_words=10))
     assert parts[0] == "The patient had a fever."
     assert all(len(p.split()) <= 10 for p in parts)
     assert len(parts) >= 3
@@ -39,7 +39,7 @@ def test_each_vector_is_scored_exactly_and_a_label_takes_its_best() -> None:
     import numpy as np
 
     from retrieval.index import Hit
-    from retrieval.subqueries import fuse_parts
+    from retrieval.subqueries import fuse_subqueries
 
     def unit(*xs: float) -> np.ndarray:
         v = np.array(xs, dtype=np.float32)
@@ -52,7 +52,7 @@ def test_each_vector_is_scored_exactly_and_a_label_takes_its_best() -> None:
     whole = [Hit("a", "name", "a1", float(a1 @ query), 1, a1),
              Hit("b", "name", "b1", float(b1 @ query), 2, b1)]
     parts = [[Hit("a", "alias", "a2", float(a2 @ part), 1, a2)]]
-    out = fuse_parts(whole, parts, query, np.stack([part]), 0.5, 5, {"a", "b"})
+    out = fuse_subqueries(whole, parts, query, np.stack([part]), 0.5, 5, {"a", "b"})
     assert [c.label_id for c in out] == ["b", "a"]
     expected_b = 0.5 * float(b1 @ query) + 0.5 * float(b1 @ part)
     assert out[0].score == pytest.approx(expected_b, abs=1e-6)

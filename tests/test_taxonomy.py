@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from eval.calibrate import Shortlists
-from retrieval.branches import BranchConfig, within_branches
+from retrieval.branches import BranchConfig, BranchStage, within_branches
 from retrieval.catalog import Label
 from retrieval.decision import Threshold, choose
 from retrieval.embedder import Embedder
@@ -111,7 +111,8 @@ def test_llm_may_answer_across_branches(llm_pipeline: Pipeline, fake_llm: FakeOp
 
 def test_branch_mode_one_branch_or_several(mini_index: LabelIndex) -> None:
     def retriever(branches: int) -> Retriever:
-        return Retriever(mini_index, Aggregation(), 30, branching=BranchConfig(0, branches))
+        return Retriever(mini_index, Aggregation(), 30,
+                         stages=[BranchStage(BranchConfig(0, branches))])
 
     tax = Taxonomy(mini_index.labels)
     one = retriever(1).candidates([TWO_BRANCHES], 6)[0]

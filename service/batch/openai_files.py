@@ -64,6 +64,10 @@ class _Recorder:
         self.last = self.inner.candidates(texts, top_k, within)
         return self.last
 
+    def describe(self) -> str:
+        """The wrapped retriever's method."""
+        return self.inner.describe()
+
 
 class _Deferrer:
     """A Selector that renders the exact prompt the LLM would get, and sends nothing."""
@@ -193,8 +197,13 @@ class _Saved:
         self.index = index
         self.shortlists = shortlists
 
-    def candidates(self, texts: Sequence[str], top_k: int) -> list[list[Candidate]]:
+    def candidates(self, texts: Sequence[str], top_k: int,
+                   within: frozenset[str] | None = None) -> list[list[Candidate]]:
         return [self.shortlists[custom_id] for custom_id in texts]
+
+    def describe(self) -> str:
+        """Shortlists come from the files, not from a search."""
+        return "saved shortlists"
 
 
 class _Replayer:
