@@ -12,6 +12,8 @@ from retrieval.rows import jsonl_rows
 
 
 class DatasetError(LabelrankError):
+    """Raised when a gold dataset is missing, malformed, or a test split is misused."""
+
     code = "invalid_dataset"
     status = 422
 

@@ -17,6 +17,8 @@ ALLOWED = {"candidates", "text", "max_labels"}
 
 
 class PromptError(LabelrankError):
+    """Raised when a prompt file is missing, malformed or names unknown variables."""
+
     code = "invalid_prompt"
     status = 422
 

@@ -26,6 +26,8 @@ class Embedder(Protocol):
 
 
 class EmbedderLoadError(LabelrankError):
+    """Raised when the embedding model cannot be found or loaded."""
+
     code = "embedder_unavailable"
     status = 503
 

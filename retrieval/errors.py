@@ -20,31 +20,43 @@ class LabelrankError(Exception):
 
 
 class InvalidTextError(LabelrankError):
+    """Raised when a text is empty or has no printable character."""
+
     code = "invalid_text"
     status = 422
 
 
 class TextTooLongError(InvalidTextError):
+    """Raised when a text is longer than the configured limit."""
+
     code = "text_too_long"
     status = 413
 
 
 class CatalogError(LabelrankError):
+    """Raised when a catalog or examples file has a line that cannot be a label."""
+
     code = "invalid_catalog"
     status = 422
 
 
 class UnknownLabelError(LabelrankError):
+    """Raised when a label id is not in the index."""
+
     code = "unknown_label"
     status = 404
 
 
 class IndexMismatchError(LabelrankError):
+    """Raised when an index is opened with another embedder than built it."""
+
     code = "embedder_mismatch"
     status = 409
 
 
 class EmptyIndexError(LabelrankError):
+    """Raised when an index with no vectors is searched."""
+
     code = "empty_index"
     status = 409
 

@@ -14,6 +14,8 @@ _MAX_DEPTH = 64
 
 
 class UnknownSubtreeError(UnknownLabelError):
+    """Raised when a subtree restriction names a label that is not in the index."""
+
     code = "unknown_subtree"
     status = 404
 

@@ -10,11 +10,15 @@ from retrieval.errors import LabelrankError
 
 
 class InvalidLabelError(LabelrankError):
+    """Raised when a label edit is invalid (unknown parent, a cycle, bad text)."""
+
     code = "invalid_label"
     status = 422
 
 
 class LabelHasChildrenError(LabelrankError):
+    """Raised when a label with children is deleted without cascade."""
+
     code = "label_has_children"
     status = 409
 

@@ -33,6 +33,8 @@ PROVENANCE_FILE = "labelrank-tuning.json"
 
 
 class TuningError(LabelrankError):
+    """Raised when tuning is refused: output not new and empty, a test split, no labelled texts."""
+
     code = "tuning_refused"
     status = 422
 
