@@ -100,7 +100,7 @@ def test_llm_rejecting_all_is_none_with_a_reason(llm_pipeline: Pipeline,
     result = llm_pipeline.classify(TWO_BRANCHES, ClassifyOptions(mode="llm"))
     assert result.labels == [] and result.none_reason == "llm_rejected_all"
     prompt = fake_llm.requests[0]["messages"][-1]["content"]
-    assert "path: Pets > Dogs" in prompt or "path: Food > Coffee" in prompt
+    assert "path: Pets > Dogs" in prompt and "path: Food > Coffee" in prompt
 
 
 def test_llm_may_answer_across_branches(llm_pipeline: Pipeline, fake_llm: FakeOpenAI) -> None:
