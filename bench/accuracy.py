@@ -21,6 +21,7 @@ from eval.calibrate import calibrate
 from eval.datasets import Dataset, load_dataset
 from eval.run import EvalConfig, run_eval
 from retrieval.catalog import Catalog, load_catalog, load_examples
+from service.engine import open_engine
 from service.factory import build_index, build_pipeline
 from service.settings import Settings
 
@@ -124,7 +125,7 @@ def evaluate_dataset(name: str, spec: Spec, root: Path, base: Settings) -> dict:
                 calibration = {k: calibration[k] for k in ("threshold", "relative_threshold",
                                                            "max_labels")}
             current = current.model_copy(update=calibration)
-        run = run_eval(current, report, EvalConfig(mode="retrieval", cache_dir=None))
+        run = run_eval(open_engine(current), report, EvalConfig(mode="retrieval", cache_dir=None))
         metrics = {k.replace(f"@{spec.top_k}", "@K"): v for k, v in run["metrics"].items()}
         rows[variant] = {"metrics": metrics, "calibration": calibration,
                          "retrieval": run["retrieval"]["aggregation"],

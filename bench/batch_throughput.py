@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from service.batch.run import BatchOptions, default_chunk_size, run_batch
-from service.factory import build_pipeline
+from service.engine import open_engine
 from service.indexing import build_or_update
 from service.settings import Settings
 
@@ -74,13 +74,13 @@ def main() -> None:
         report, seconds = build_or_update(settings, args.catalog, [args.texts])
         print(f"index: +{report.vectors_added} vectors ({report.vectors_total} in all) "
               f"in {seconds:.1f} s")
-        pipeline = build_pipeline(settings)
-        embedder = pipeline.index.embedder
+        engine = open_engine(settings)
+        embedder = engine.index.embedder
         chunk = default_chunk_size("retrieval", settings.llm_concurrency)
         raw_embedder(embedder, texts, chunk)  # warm-up: the first pass over new shapes is slow
         before = raw_embedder(embedder, texts, chunk)
         with Clock() as batch:
-            stats = run_batch(pipeline, settings, str(args.texts), Path(tmp) / "out.jsonl",
+            stats = run_batch(engine, str(args.texts), Path(tmp) / "out.jsonl",
                               BatchOptions(mode="retrieval"), progress_every_s=30, tty=False)
         after = raw_embedder(embedder, texts, chunk)
     raw = Clock()
@@ -88,8 +88,8 @@ def main() -> None:
     n = len(texts)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__} with {torch.get_num_threads()} threads, CPU")
-    print(f"texts: {len(texts)} from {args.texts.name}; index: {pipeline.index.vector_count()} "
-          f"vectors, {len(pipeline.index.labels)} labels; chunk {chunk}, "
+    print(f"texts: {len(texts)} from {args.texts.name}; index: {engine.index.vector_count()} "
+          f"vectors, {len(engine.index.labels)} labels; chunk {chunk}, "
           f"neighbours {settings.neighbours}, top_k {settings.top_k}")
     print(f"raw embedder, before: {rates(n, before)}")
     print(f"raw embedder, after:  {rates(n, after)}")

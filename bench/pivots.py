@@ -27,6 +27,7 @@ from accuracy import (  # bench/ is on sys.path as the script dir
 from eval.calibrate import calibrate
 from eval.datasets import load_dataset
 from eval.run import EvalConfig, run_eval
+from service.engine import open_engine
 from service.factory import build_pipeline
 from service.indexing import index_catalog
 from service.settings import Settings
@@ -55,7 +56,8 @@ def run(name: str, cap: int, root: Path) -> dict:
            "disk_mb": disk_mb(settings.db)}
     for variant, current in [("default", settings),
                              ("calibrated", settings.model_copy(update=best.settings()))]:
-        metrics = run_eval(current, held, EvalConfig(mode="retrieval", cache_dir=None))["metrics"]
+        config = EvalConfig(mode="retrieval", cache_dir=None)
+        metrics = run_eval(open_engine(current), held, config)["metrics"]
         metrics = {k.replace(f"@{spec.top_k}", "@K"): v for k, v in metrics.items()}
         row[variant] = {c: round(metrics[c], 4) for c in COLUMNS if c in metrics}
     print(json.dumps(row), flush=True)

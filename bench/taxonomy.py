@@ -24,6 +24,7 @@ from eval.datasets import load_dataset
 from eval.run import EvalConfig, run_eval
 from retrieval.catalog import Catalog, load_catalog, load_examples
 from retrieval.taxonomy import Taxonomy
+from service.engine import open_engine
 from service.factory import build_index, build_pipeline
 from service.settings import Settings
 
@@ -77,7 +78,7 @@ def report_row(settings: Settings, cal: Calibration, name: str) -> dict:
     """Metrics on valid half b with the calibration's settings."""
     current = settings.model_copy(update=cal.settings())
     data = load_dataset(DATA / name / "valid.jsonl", half="b")
-    run = run_eval(current, data, EvalConfig(mode="retrieval", cache_dir=None))
+    run = run_eval(open_engine(current), data, EvalConfig(mode="retrieval", cache_dir=None))
     metrics = {k.replace(f"@{current.top_k}", "@K"): v for k, v in run["metrics"].items()}
     return {"variant": cal.describe(), "dev": round(cal.value, 4), "metric": cal.metric,
             "settings": cal.settings(), "metrics": metrics, "n": run["dataset"]["n"]}

@@ -27,6 +27,7 @@ from accuracy import COLUMNS, DATA, NAIVE, SPECS, Spec, _text_half, build, split
 from eval.datasets import Dataset, load_dataset
 from eval.run import EvalConfig, run_eval
 from retrieval.tune.train import PROVENANCE_FILE, TuneConfig, tune
+from service.engine import open_engine
 from service.factory import build_index
 from service.settings import Settings
 
@@ -58,7 +59,7 @@ def measure(settings: Settings, spec: Spec, data: Dataset) -> dict[str, dict]:
     rows = {}
     for variant, overrides in VARIANTS.items():
         current = settings.model_copy(update={"top_k": spec.top_k, **overrides})
-        run = run_eval(current, data, EvalConfig(mode="retrieval", cache_dir=None))
+        run = run_eval(open_engine(current), data, EvalConfig(mode="retrieval", cache_dir=None))
         rows[variant] = {k.replace(f"@{spec.top_k}", "@K"): v for k, v in run["metrics"].items()}
         print(f"    {variant}: " + ", ".join(f"{c}={rows[variant][c]:.4f}" for c in COLUMNS
                                              if c in rows[variant]), flush=True)
