@@ -10,6 +10,7 @@ import typer
 
 from eval import commands as eval_commands
 from eval import doctor_catalog
+from eval.console_runs import runs_routers
 from service.cli import batch, classify, doctor, index, llm, serve, tune
 from service.cli.common import ErrorReportingGroup
 
@@ -18,7 +19,10 @@ def build_app() -> typer.Typer:
     """Every `labelrank` command, in the order `--help` lists them."""
     app = typer.Typer(cls=ErrorReportingGroup, add_completion=False, no_args_is_help=True,
                       help="Tag text with labels from a very large catalog.")
-    for group in (index, classify, serve, batch, eval_commands, tune, llm):
+    for group in (index, classify):
+        group.register(app)
+    serve.register(app, pages=runs_routers)  # the console's Runs pages read eval's run files
+    for group in (batch, eval_commands, tune, llm):
         group.register(app)
     checks = typer.Typer(no_args_is_help=True,
                          help="Find misconfiguration and catalog problems before serving.")

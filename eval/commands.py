@@ -91,13 +91,24 @@ def calibrate(
 
 def report(
     runs: Annotated[list[Path], typer.Argument(help="One or more run files.")],
-    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("eval/report.png"),
+    out: Annotated[Path, typer.Option(help=(
+        "File to write: .html for the console's run views in one self-contained page "
+        "(two runs: side by side); .png (or any image matplotlib writes) for recall@K curves "
+        "and metric bars."))
+    ] = Path("eval/report.png"),
 ) -> None:
-    """Plot recall@K curves and metric bars for runs side by side (PNG)."""
-    from eval.report import plot_runs
+    """Runs side by side: a self-contained HTML page, or a PNG of curves and bars."""
     from eval.run import load_run
 
-    typer.echo(str(plot_runs([(p.stem, load_run(p)) for p in runs], out)))
+    loaded = [(p.stem, load_run(p)) for p in runs]
+    if out.suffix.lower() in (".html", ".htm"):
+        from eval.html_report import write_html_report
+
+        typer.echo(str(write_html_report(loaded, out)))
+        return
+    from eval.report import plot_runs
+
+    typer.echo(str(plot_runs(loaded, out)))
 
 
 def format_metrics(run: dict) -> str:

@@ -46,17 +46,24 @@ def flips(run_a: dict, run_b: dict) -> list[Flip]:
     return changed
 
 
+def differing_settings(run_a: dict, run_b: dict) -> list[tuple[str, object, object]]:
+    """(setting, A, B) for every setting that differs, the prompt file included."""
+    a, b = run_a["settings"], run_b["settings"]
+    found: list[tuple[str, object, object]] = [(key, a.get(key), b.get(key))
+                                               for key in sorted(set(a) | set(b))
+                                               if a.get(key) != b.get(key)]
+    if (run_a.get("prompt") or {}).get("sha256") != (run_b.get("prompt") or {}).get("sha256"):
+        found.append(("prompt", _prompt(run_a), _prompt(run_b)))
+    return found
+
+
 def render_comparison(run_a: dict, run_b: dict, name_a: str, name_b: str,
                       max_flips: int = 20) -> str:
     """A plain-text report: settings that differ, metric deltas, then the flipped texts."""
     lines = [f"A: {name_a}", f"B: {name_b}", ""]
-    differing = {k for k in set(run_a["settings"]) | set(run_b["settings"])
-                 if run_a["settings"].get(k) != run_b["settings"].get(k)}
-    for key in sorted(differing):
-        lines.append(f"  setting {key}: {run_a['settings'].get(key)!r} -> "
-                     f"{run_b['settings'].get(key)!r}")
-    if (run_a.get("prompt") or {}).get("sha256") != (run_b.get("prompt") or {}).get("sha256"):
-        lines.append(f"  prompt: {_prompt(run_a)} -> {_prompt(run_b)}")
+    for key, a, b in differing_settings(run_a, run_b):
+        lines.append(f"  prompt: {a} -> {b}" if key == "prompt"
+                     else f"  setting {key}: {a!r} -> {b!r}")
     lines += ["", f"{'metric':<24}{'A':>9}{'B':>9}{'B-A':>9}"]
     for name, a, b, delta in metric_deltas(run_a, run_b):
         lines.append(f"{name:<24}{a:>9.4f}{b:>9.4f}{delta:>+9.4f}")

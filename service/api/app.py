@@ -6,11 +6,12 @@ Run it with `labelrank serve`, or `uvicorn service.api.app:create_app --factory`
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi_offline import FastAPIOffline
 
 from retrieval.embedder import Embedder
 from service.api.body_limit import BodyLimit
@@ -22,8 +23,13 @@ from service.settings import Settings, get_settings
 
 
 def create_app(settings: Settings | None = None,
-               load_embedder: Callable[[], Embedder] | None = None) -> FastAPI:
-    """The app; the embedder, index and pipeline load in the background once it starts."""
+               load_embedder: Callable[[], Embedder] | None = None,
+               extra_routers: Sequence[APIRouter] = ()) -> FastAPI:
+    """The app; the embedder, index and pipeline load in the background once it starts.
+
+    `extra_routers` come from the layers above the API (the web console and eval's run pages);
+    the API itself knows none of them.
+    """
     settings = settings or get_settings()
     metrics = Metrics()
 
@@ -44,13 +50,16 @@ def create_app(settings: Settings | None = None,
             await loading
             state.close()
 
-    app = FastAPI(title="labelrank", version="0.1.0", lifespan=lifespan,
-                  description="Tag texts with labels from a very large catalog. "
-                              "Errors are `{\"error\": {\"code\", \"message\", ...}}`.")
+    # /docs and /redoc load Swagger UI and ReDoc from this package's copy, not a CDN: the
+    # product runs offline.
+    app = FastAPIOffline(title="labelrank", version="0.1.0", lifespan=lifespan,
+                         static_url="/static/docs",
+                         description="Tag texts with labels from a very large catalog. "
+                                     "Errors are `{\"error\": {\"code\", \"message\", ...}}`.")
     app.state.settings = settings
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: it counts the 413s too
     install_error_handlers(app)
-    for router in (read, write, health):
+    for router in (read, write, health, *extra_routers):
         app.include_router(router)
     return app

@@ -1,0 +1,1 @@
+"""The web console: playground and label pages over the same engine as the HTTP API."""

@@ -1,0 +1,37 @@
+"""Real eval run files for the console's Runs pages: the same gold set at two thresholds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from eval.datasets import load_dataset
+from eval.run import EvalConfig, run_eval, save_run
+from retrieval.index import LabelIndex
+from service.engine import open_engine
+from tests.conftest import make_settings
+
+GOLD = [
+    {"id": "1", "text": "my kitten bites my hands", "labels": ["pets.cats"]},
+    {"id": "2", "text": "the puppy chewed my shoes", "labels": ["pets.dogs"]},
+    {"id": "3", "text": "when is the tax filing deadline", "labels": ["money.taxes"]},
+    {"id": "4", "text": "how long should bread proof", "labels": ["food.baking"]},
+    {"id": "5", "text": "the moons of jupiter are icy", "labels": []},
+    {"id": "6", "text": "my dog drank my cold brew coffee",
+     "labels": ["pets.dogs", "food.coffee"]},
+]
+
+LOOSE, STRICT = 0.3, 0.6  # the strict run loses labels the loose one found
+
+
+def two_runs(index: LabelIndex, work: Path, out: Path) -> tuple[Path, Path]:
+    """Run files A (loose threshold) and B (strict) of GOLD on `index`, saved in `out`."""
+    gold = work / "gold.jsonl"
+    gold.parent.mkdir(parents=True, exist_ok=True)
+    gold.write_text("\n".join(json.dumps(row) for row in GOLD) + "\n")
+    paths = []
+    for threshold, note in ((LOOSE, "loose"), (STRICT, "strict")):
+        engine = open_engine(make_settings(work, threshold=threshold), index=index)
+        run = run_eval(engine, load_dataset(gold), EvalConfig(cache_dir=None, label=note))
+        paths.append(save_run(run, out))
+    return paths[0], paths[1]
