@@ -73,3 +73,14 @@ def test_info_shows_what_is_in_effect(db: Path) -> None:
     assert info["index"]["embedder"] == "all-MiniLM-L6-v2" and info["assignable_labels"] == 6
     assert info["retrieval"] == "rrf(k=1,m=3)" and info["calibration"] is None
     assert info["embedder_backend"] == "onnx"  # the default runtime
+
+
+def test_openai_batch_prepare_reports_its_files(db: Path, tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": 1, "text": "my cat scratches everything"}\n{"id": 2, "text": ""}\n')
+    done = CliRunner().invoke(app, ["batch", str(source), str(tmp_path / "out.jsonl"),
+                                    "--db", str(db), "--openai-batch", "prepare"],
+                              env={"LABELRANK_LLM_API_KEY": "unused"})
+    assert done.exit_code == 0, done.output
+    assert "prepared 1 requests for 2 records (1 input errors)" in done.stderr
+    assert "requests-001.jsonl" in done.stderr

@@ -52,9 +52,9 @@ def batch(
                            candidates=candidates, force=force)
     if openai_batch == "prepare":
         done = prepare(engine, input_path, output, options)
-        typer.echo(f"prepared {done.requests} requests for {done.items} records "
-                   f"({done.errors} input errors) in {done.directory}:", err=True)
-        for path in done.files:
+        typer.echo(f"prepared {done['requests']} requests for {done['items']} records "
+                   f"({done['errors']} input errors) in {done['directory']}:", err=True)
+        for path in done["files"]:
             typer.echo(f"  {path}", err=True)
         typer.echo("upload each with purpose=batch, create batches for /v1/chat/completions, "
                    "then: labelrank batch INPUT OUTPUT --openai-batch collect RESULTS.jsonl",
