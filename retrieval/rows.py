@@ -36,16 +36,17 @@ def format_of(name: str) -> Format:
 
 
 def read_rows(stream: BinaryIO, fmt: Format, skip_blank: bool = False,
-              required: str | None = None) -> Iterator[Row]:
-    """Every record of a JSONL or CSV stream, in order (blank lines skipped or reported)."""
+              required: str | None = None, first_line: int = 1) -> Iterator[Row]:
+    """Every record of a JSONL or CSV stream, in order (blank lines skipped or reported).
+    A JSONL stream may start further down its file: lines are numbered from `first_line`."""
     if fmt == "csv":
         return csv_rows(stream, skip_blank=skip_blank, required=required)
-    return jsonl_rows(stream, skip_blank=skip_blank)
+    return jsonl_rows(stream, skip_blank=skip_blank, first_line=first_line)
 
 
-def jsonl_rows(stream: BinaryIO, skip_blank: bool = False) -> Iterator[Row]:
+def jsonl_rows(stream: BinaryIO, skip_blank: bool = False, first_line: int = 1) -> Iterator[Row]:
     """One JSON object per line; a line that is not one comes with the reason."""
-    for line, raw in enumerate(stream, start=1):
+    for line, raw in enumerate(stream, start=first_line):
         try:
             text = raw.decode("utf-8-sig" if line == 1 else "utf-8")
         except UnicodeDecodeError as exc:

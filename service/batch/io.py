@@ -98,10 +98,12 @@ def count_records(source: str, fmt: Literal["jsonl", "csv"]) -> int | None:
 
 
 def read_records(stream: BinaryIO, fmt: Literal["jsonl", "csv"], text_field: str = "text",
-                 id_field: str = "id") -> Iterator[InputRecord]:
-    """Every input record in order; unreadable ones carry an `invalid_input` error."""
+                 id_field: str = "id", first_line: int = 1) -> Iterator[InputRecord]:
+    """Every input record in order; unreadable ones carry an `invalid_input` error. A JSONL
+    stream that starts further down its file (a shard) numbers its lines from `first_line`."""
     try:
-        rows = read_rows(stream, fmt, required=text_field if fmt == "csv" else None)
+        rows = read_rows(stream, fmt, required=text_field if fmt == "csv" else None,
+                         first_line=first_line)
         seen: dict[str, int] = {}
         for row in rows:
             yield _record(row.line, row.data, row.problem, text_field, id_field, seen)
@@ -121,9 +123,7 @@ def _record(line: int, row: dict | None, problem: str | None, text_field: str, i
     if record_id is not None:
         key = record_key(line, record_id)
         if key in seen:
-            error = DuplicateIdError(f"line {line}: id {record_id!r} already appeared on line "
-                                     f"{seen[key]}", line=line, first_line=seen[key])
-            return InputRecord(line, record_id, error=error.to_dict())
+            return InputRecord(line, record_id, error=duplicate_error(line, record_id, seen[key]))
         seen[key] = line
     text = row.get(text_field)
     if text is None:
@@ -132,6 +132,14 @@ def _record(line: int, row: dict | None, problem: str | None, text_field: str, i
         return _bad(line, record_id, f"field {text_field!r} must be a string, "
                                      f"not {type(text).__name__}")
     return InputRecord(line, record_id, text)
+
+
+def duplicate_error(line: int, record_id: str | int, first_line: int,
+                    first_file: str | None = None) -> dict[str, object]:
+    """The `duplicate_id` error of a record whose id appeared first on `first_line`."""
+    where = f"line {first_line}" + (f" of {first_file}" if first_file else "")
+    return DuplicateIdError(f"line {line}: id {record_id!r} already appeared on {where}",
+                            line=line, first_line=first_line).to_dict()
 
 
 def _bad(line: int, record_id: str | int | None, problem: str) -> InputRecord:

@@ -41,6 +41,31 @@ class Stats:
         self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
         self.completion_tokens += int(usage.get("completion_tokens") or 0)
 
+    def add(self, other: Stats) -> None:
+        """Fold in the counts of another part of the output (a shard)."""
+        self.previous += other.previous
+        self.written += other.written
+        self.results += other.results
+        self.errors.update(other.errors)
+        self.degraded.update(other.degraded)
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+
+    def to_dict(self) -> dict[str, object]:
+        """The counts as JSON-ready data (timing left out)."""
+        return {"previous": self.previous, "written": self.written, "results": self.results,
+                "errors": dict(self.errors), "degraded": dict(self.degraded),
+                "prompt_tokens": self.prompt_tokens,
+                "completion_tokens": self.completion_tokens}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Stats:
+        """Counts saved by `to_dict`."""
+        return cls(previous=data["previous"], written=data["written"], results=data["results"],
+                   errors=Counter(data["errors"]), degraded=Counter(data["degraded"]),
+                   prompt_tokens=data["prompt_tokens"],
+                   completion_tokens=data["completion_tokens"])
+
     @property
     def records(self) -> int:
         """Records in OUTPUT so far."""
@@ -93,6 +118,7 @@ class Progress:
         self.every_s = every_s
         self.stream = stream or sys.stderr
         self._last = time.monotonic()
+        self.in_flight = 0
         tty = self.stream.isatty() if tty is None else tty
         self._bar = tqdm(total=stats.total, initial=stats.previous, unit="rec",
                          file=self.stream, dynamic_ncols=True, mininterval=0.5) if tty else None
@@ -102,8 +128,21 @@ class Progress:
         for record in records:
             self.stats.count(record)
         self.stats.written += len(records)
+        self._show()
+
+    def add(self, shard: Stats) -> None:
+        """Count a finished shard of a sharded run and show where the run stands."""
+        self.stats.add(shard)
+        self._show()
+
+    def unfinished(self, written: int) -> None:
+        """Records written so far by shards still running, shown until their shard is added."""
+        self.in_flight = written
+        self._show()
+
+    def _show(self) -> None:
         if self._bar is not None:
-            self._bar.update(len(records))
+            self._bar.update(self.stats.records + self.in_flight - self._bar.n)
             self._bar.set_postfix(tokens=self.stats.prompt_tokens + self.stats.completion_tokens,
                                   errors=sum(self.stats.errors.values()),
                                   degraded=sum(self.stats.degraded.values()), refresh=False)
@@ -116,10 +155,12 @@ class Progress:
         """One plain progress line."""
         s = self.stats
         of = f"/{s.total}" if s.total else ""
+        records = s.records + self.in_flight
+        rate = (s.written + self.in_flight) / max(time.monotonic() - s.started, 1e-9)
         eta = ""
-        if s.total and s.rate > 0:
-            eta = f", ETA {max(s.total - s.records, 0) / s.rate:.0f} s"
-        return (f"batch: {s.records}{of} records, {s.rate:.1f} records/s{eta}, "
+        if s.total and rate > 0:
+            eta = f", ETA {max(s.total - records, 0) / rate:.0f} s"
+        return (f"batch: {records}{of} records, {rate:.1f} records/s{eta}, "
                 f"tokens {s.prompt_tokens + s.completion_tokens}, "
                 f"errors {sum(s.errors.values())}, degraded {sum(s.degraded.values())}")
 

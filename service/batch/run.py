@@ -59,22 +59,28 @@ def run_batch(engine: Engine, source: str, output: Path, options: BatchOptions =
         stats.count(record)
         stats.previous += 1
 
-    size = options.chunk_size or default_chunk_size(mode, settings.llm_concurrency)
-    # In LLM mode a second chunk retrieves while the first one's slowest LLM calls finish.
-    workers = 2 if mode == "llm" else 1
-    classify = ClassifyOptions(mode=mode)
     with open_input(source) as stream:
         done = scan_output(output, seen)
         check_and_record(meta_path(output), config, has_records=bool(done), force=options.force)
         with OutputWriter(output) as writer, Progress(stats, progress_every_s, tty) as progress:
             todo = (r for r in read_records(stream, fmt, options.text_field, options.id_field)
                     if r.key not in done)
-            for records in in_order(lambda chunk: label_chunk(pipeline, chunk, classify,
-                                                             options.candidates),
-                                    chunks(todo, size), workers):
+            for records in labeled_chunks(pipeline, todo, mode, options,
+                                          settings.llm_concurrency):
                 writer.write(records)
                 progress.advance(records)
     return stats
+
+
+def labeled_chunks(pipeline: Pipeline, records: Iterable[InputRecord], mode: Mode,
+                   options: BatchOptions, llm_concurrency: int) -> Iterator[list[dict]]:
+    """Output records chunk by chunk, in input order: what gets appended to an output."""
+    size = options.chunk_size or default_chunk_size(mode, llm_concurrency)
+    # In LLM mode a second chunk retrieves while the first one's slowest LLM calls finish.
+    workers = 2 if mode == "llm" else 1
+    classify = ClassifyOptions(mode=mode)
+    return in_order(lambda chunk: label_chunk(pipeline, chunk, classify, options.candidates),
+                    chunks(records, size), workers)
 
 
 def default_chunk_size(mode: str, llm_concurrency: int) -> int:

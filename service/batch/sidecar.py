@@ -61,7 +61,12 @@ def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
 
 def check_and_record(path: Path, config: dict, has_records: bool, force: bool) -> None:
     """Refuse to mix configurations in one OUTPUT unless forced; then record the current one."""
-    previous = read_meta(path)
+    write_meta(path, checked(path, read_meta(path), config, has_records, force))
+
+
+def checked(path: Path, previous: dict | None, config: dict, has_records: bool,
+            force: bool) -> dict[str, object]:
+    """`{config, history, updated}` for a file that held `previous`, or a mismatch error."""
     history: list[dict] = []
     if has_records:
         if previous is None and not force:
@@ -77,7 +82,7 @@ def check_and_record(path: Path, config: dict, has_records: bool, force: bool) -
         history = (previous or {}).get("history", [])
         if changed:
             history = [*history, previous.get("config") if previous else None]
-    write_meta(path, {"config": config, "history": history, "updated": time.time()})
+    return {"config": config, "history": history, "updated": time.time()}
 
 
 def read_meta(path: Path) -> dict | None:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, cast
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 
 from service.batch.io import InputFormat
 from service.cli.common import DbOpt, ModeOpt, parse_mode, settings_from
+
+if TYPE_CHECKING:
+    from service.batch.ray_run import RayOptions
+    from service.batch.run import BatchOptions
+    from service.engine import Engine
 
 
 def batch(
@@ -32,9 +37,27 @@ def batch(
     force: Annotated[bool, typer.Option("--force", "--continue-anyway", help=(
         "Continue although OUTPUT was written with another index or settings."))] = False,
     openai_batch: Annotated[str | None, typer.Option(help="prepare | collect")] = None,
+    engine_name: Annotated[str, typer.Option("--engine", help=(
+        "local (one process) | ray (shards on Ray workers; INPUT a file or a directory, "
+        "OUTPUT a directory)"))] = "local",
+    address: Annotated[str | None, typer.Option(help=(
+        "Ray cluster address (auto: the running one); default RAY_ADDRESS, else a local Ray."))]
+    = None,
+    workers: Annotated[int | None, typer.Option(min=1, help=(
+        "Ray workers (default: the cluster's CPUs / --cpus-per-worker)."))] = None,
+    cpus_per_worker: Annotated[int, typer.Option(min=1, help=(
+        "CPUs (and embedder threads) per Ray worker."))] = 1,
+    shard_size: Annotated[int, typer.Option(min=1, help=(
+        "Input lines per shard (a CSV file is one shard)."))] = 10_000,
+    merge: Annotated[Path | None, typer.Option(help=(
+        "With --engine ray: also write every record to this one file, in input order."))]
+    = None,
+    chroma_host: Annotated[str | None, typer.Option(help=(
+        "Chroma server host instead of --db (LABELRANK_CHROMA_HOST)."))] = None,
 ) -> None:
     """Label a whole file: one JSONL record per input record, in order, resumable."""
     from service.batch.openai_files import BATCH_DISCOUNT, collect, prepare
+    from service.batch.ray_run import RayOptions
     from service.batch.report import summary
     from service.batch.run import BatchOptions, run_batch
     from service.engine import open_engine
@@ -45,7 +68,16 @@ def batch(
             openai_batch == "collect"):
         raise typer.BadParameter("use --openai-batch prepare, or --openai-batch collect "
                                  "RESULTS.jsonl...; results files go with collect only")
-    engine = open_engine(settings_from(db, llm_concurrency=concurrency))
+    if engine_name not in ("local", "ray"):
+        raise typer.BadParameter(f"--engine must be local or ray, not {engine_name!r}")
+    ray_only = {"--address": address, "--workers": workers, "--merge": merge,
+                "--cpus-per-worker": cpus_per_worker != 1, "--shard-size": shard_size != 10_000}
+    if engine_name == "local" and any(ray_only.values()):
+        raise typer.BadParameter(", ".join(k for k, v in ray_only.items() if v)
+                                 + " go with --engine ray")
+    if engine_name == "ray" and openai_batch:
+        raise typer.BadParameter("--openai-batch runs with the local engine")
+    engine = open_engine(settings_from(db, llm_concurrency=concurrency, chroma_host=chroma_host))
     settings = engine.settings
     options = BatchOptions(mode=parse_mode(mode), text_field=text_field, id_field=id_field,
                            input_format=cast(InputFormat, input_format), chunk_size=chunk_size,
@@ -67,6 +99,10 @@ def batch(
         typer.echo(summary(stats, settings.llm_model, settings.llm_prices, BATCH_DISCOUNT),
                    err=True)
         return
+    if engine_name == "ray":
+        _run_on_ray(engine, input_path, output, options, merge,
+                    RayOptions(address, workers, cpus_per_worker, shard_size))
+        return
     try:
         stats = run_batch(engine, input_path, output, options)
     except KeyboardInterrupt:
@@ -76,6 +112,31 @@ def batch(
     typer.echo(summary(stats, settings.llm_model, settings.llm_prices), err=True)
 
 
+def _run_on_ray(engine: Engine, source: str, output: Path, options: BatchOptions,
+                merge: Path | None, ray_options: RayOptions) -> None:
+    """The sharded run, its summary, and the merged file when asked."""
+    from service.batch.merge import merge_parts
+    from service.batch.ray_run import run_batch_ray
+    from service.batch.report import summary
+
+    settings = engine.settings
+    try:
+        run = run_batch_ray(engine, source, output, options, ray_options)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: {output} keeps every finished record; run the same command "
+                   "again to resume", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(summary(run.stats, settings.llm_model, settings.llm_prices), err=True)
+    if run.workers:
+        rss = sorted(w["peak_rss_mb"] for w in run.workers)
+        typer.echo(f"  ray: {len(run.workers)} workers on {len({w['host'] for w in run.workers})}"
+                   f" nodes, started in {run.startup_s:.1f} s, peak RSS {rss[0]:.0f}-"
+                   f"{rss[-1]:.0f} MB per worker", err=True)
+    if merge is not None:
+        repeated = merge_parts(output, merge)
+        typer.echo(f"merged {run.stats.records} records into {merge}"
+                   + (f" ({repeated} ids repeated across shards marked duplicate_id)"
+                      if repeated else ""), err=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,186 @@
+"""Batch labeling on real Ray (a local cluster of 2 CPUs per module), real MiniLM and Chroma."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from retrieval.catalog import load_catalog
+from retrieval.embedder import SentenceTransformerEmbedder
+from retrieval.index import LabelIndex, chroma_client
+from service.batch.merge import merge_parts
+from service.batch.ray_run import RayOptions, run_batch_ray
+from service.batch.run import BatchOptions, run_batch
+from service.engine import open_engine
+from tests.conftest import MINI_CATALOG, make_settings
+from tests.fake_openai import FakeOpenAI, Reply
+from tests.test_batch_shards import TOPICS, lines_with_faults, read
+
+pytestmark = pytest.mark.slow
+ray = pytest.importorskip("ray", reason="Ray is the `ray` extra: pip install -e '.[ray]'")
+
+CLI = [sys.executable, "-c", "from eval.cli import main; main()"]
+TWO_WORKERS = RayOptions(workers=2, shard_size=12)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session() -> Iterator[str]:
+    """One local Ray for the module (starting one takes seconds); yields its address."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory, embedder: SentenceTransformerEmbedder) -> Path:
+    db = tmp_path_factory.mktemp("ray") / "db"
+    LabelIndex(chroma_client(db), embedder).sync(load_catalog(MINI_CATALOG))
+    return db
+
+
+class Tracked:
+    """A fake-LLM responder that answers C01 after `delay_s` and keeps the peak concurrency."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s, self.now, self.peak = delay_s, 0, 0
+        self._lock = threading.Lock()
+
+    def __call__(self, request: dict) -> Reply:
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+        time.sleep(self.delay_s)
+        with self._lock:
+            self.now -= 1
+        return Reply.labels("C01")
+
+
+def llm_env(fake: FakeOpenAI) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("LABELRANK_", "OPENAI_", "RAY_ADDRESS"))}
+    env.update(LABELRANK_LLM_BASE_URL=fake.base_url, LABELRANK_LLM_API_KEY="test",
+               LABELRANK_LLM_MODEL="fake-model", LABELRANK_LLM_MAX_ATTEMPTS="1",
+               LABELRANK_LLM_TIMEOUT_S="30")
+    return env
+
+
+def write_rows(path: Path, count: int) -> list[dict]:
+    rows = [{"id": f"k{i}", "text": f"item {i}: {TOPICS[i % 6]}"} for i in range(count)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return rows
+
+
+def part_lines(out: Path) -> int:
+    return sum(p.read_bytes().count(b"\n") for p in (out / "parts").glob("*.jsonl"))
+
+
+def test_same_records_as_the_local_engine(tmp_path: Path, db: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(lines_with_faults(40))  # the faults sit in the first two shards
+    engine = open_engine(make_settings(tmp_path, db=db))
+    run = run_batch_ray(engine, str(source), tmp_path / "out", BatchOptions(mode="retrieval"),
+                        TWO_WORKERS, tty=False)
+    assert run.stats.records == 40 and len(run.workers) == 2
+    assert sum(run.stats.errors.values()) == 4  # bad JSON, blank, no text, same-shard repeat
+    first = read(tmp_path / "out" / "parts" / "00000.jsonl")
+    assert [r["error"]["code"] for r in first if "error" in r] == ["invalid_input"] * 3 + [
+        "duplicate_id"]
+    assert merge_parts(tmp_path / "out", tmp_path / "merged.jsonl") == 1
+    run_batch(engine, str(source), tmp_path / "local.jsonl", BatchOptions(mode="retrieval"),
+              tty=False)
+    assert read(tmp_path / "merged.jsonl") == read(tmp_path / "local.jsonl")
+
+
+def test_killed_worker_redoes_only_its_unwritten_records(tmp_path: Path, db: Path,
+                                                         fake_llm: FakeOpenAI) -> None:
+    fake_llm.default = answer = Tracked(delay_s=0.15)
+    rows = write_rows(tmp_path / "in.jsonl", 48)
+    settings = make_settings(tmp_path, db=db, llm_base_url=fake_llm.base_url,
+                             llm_api_key="test", llm_model="fake-model", llm_max_attempts=1,
+                             llm_concurrency=2, top_k=5)
+    outcome: dict[str, Any] = {}
+
+    def drive() -> None:
+        try:
+            outcome["run"] = run_batch_ray(
+                open_engine(settings), str(tmp_path / "in.jsonl"), tmp_path / "out",
+                BatchOptions(mode="llm", chunk_size=4), TWO_WORKERS, tty=False)
+        except Exception as exc:  # reported by the assertion below
+            outcome["error"] = exc
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    victim, deadline = None, time.monotonic() + 120
+    while victim is None and time.monotonic() < deadline and driver.is_alive():
+        for name in ray.util.list_named_actors():
+            if name.startswith("labelrank-batch-"):
+                actor = ray.get_actor(name)
+                now = ray.get(actor.progress.remote(), timeout=10)
+                if now is not None and 4 <= now[1] < 12:
+                    victim = actor
+                    break
+        time.sleep(0.02)
+    assert victim is not None, "no worker was seen in the middle of a shard"
+    ray.kill(victim, no_restart=False)  # Ray restarts it and retries its shard
+    driver.join(timeout=300)
+    assert "error" not in outcome, outcome.get("error")
+    run = outcome["run"]
+    assert merge_parts(tmp_path / "out", tmp_path / "merged.jsonl") == 0
+    merged = read(tmp_path / "merged.jsonl")
+    assert [r["id"] for r in merged] == [r["id"] for r in rows]  # each once, in input order
+    assert all(r["mode"] == "llm" for r in merged)
+    assert run.stats.previous >= 4  # the retried shard kept what the killed worker wrote
+    redone = fake_llm.request_count - len(rows)
+    assert 0 <= redone <= 3 * 4  # at most the chunks in flight when it died
+    assert answer.peak <= 2  # the cluster-wide bound, not 2 per worker
+
+
+def test_driver_sigkill_then_rerun_exactly_once(tmp_path: Path, db: Path, fake_llm: FakeOpenAI,
+                                                ray_session: str) -> None:
+    fake_llm.default = Tracked(delay_s=0.1)
+    rows = write_rows(tmp_path / "in.jsonl", 60)
+    out, merged = tmp_path / "out", tmp_path / "merged.jsonl"
+    command = [*CLI, "batch", str(tmp_path / "in.jsonl"), str(out), "--db", str(db),
+               "--mode", "llm", "--engine", "ray", "--address", ray_session, "--workers", "2",
+               "--concurrency", "2", "--shard-size", "12", "--chunk-size", "4",
+               "--merge", str(merged)]
+    log = (tmp_path / "victim.log").open("wb")
+    victim = subprocess.Popen(command, env=llm_env(fake_llm), stdout=log, stderr=log)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and victim.poll() is None:
+        done = out / "done.jsonl"
+        if done.exists() and done.read_bytes().count(b"\n") >= 1 and part_lines(out) >= 20:
+            break
+        time.sleep(0.02)
+    assert victim.poll() is None, (tmp_path / "victim.log").read_text()
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    log.close()
+    settled, last = 0, -1
+    while settled < 6:  # its workers die with it: wait until the parts stop growing
+        time.sleep(0.5)
+        now = part_lines(out)
+        settled, last = (settled + 1, now) if now == last else (0, now)
+    unfinished = sorted((out / "parts").glob("*.jsonl"))[-1]
+    with unfinished.open("ab") as handle:
+        handle.write(b'{"line": 59, "id": "k58", "labels": [{"id": "pe')  # a torn write
+    kept = part_lines(out)
+    assert 20 <= kept < len(rows)
+    before = fake_llm.request_count
+    rerun = subprocess.run(command, env=llm_env(fake_llm), capture_output=True, text=True,
+                           timeout=300, check=False)
+    assert rerun.returncode == 0, rerun.stderr
+    assert [r["id"] for r in read(merged)] == [r["id"] for r in rows]
+    assert fake_llm.request_count - before == len(rows) - kept  # only unfinished work redone
+    assert f"({len(rows) - kept} written now, {kept} already there)" in rerun.stderr
