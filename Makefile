@@ -15,7 +15,7 @@ $(BIN)/labelrank: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned, so the CPU build on disk is used instead of the CUDA one.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,tune,plots]'
+	$(BIN)/pip install -q -e '.[dev,tune,plots,ray]'
 	touch $(BIN)/labelrank
 
 install: $(BIN)/labelrank
