@@ -232,12 +232,13 @@ class LabelIndex:
     def nearest_ids(self, vectors: np.ndarray, n: int) -> tuple[list[list[str]], list[list[float]]]:
         """Chroma's raw answer: the ids and cosine distances of each query's `n` nearest
         vectors, best first, with no hit objects built (the cheapest query there is)."""
+        if self._count == 0:
+            raise EmptyIndexError("the index is empty: run `labelrank index CATALOG` first")
         ids: list[list[str]] = []
         distances: list[list[float]] = []
         for start in range(0, len(vectors), _QUERY_BATCH):
             found = self._vectors.query(query_embeddings=vectors[start:start + _QUERY_BATCH],
-                                        n_results=min(n, max(self._count, 1)),
-                                        include=["distances"])
+                                        n_results=min(n, self._count), include=["distances"])
             ids += found["ids"]
             distances += found["distances"]
         return ids, distances

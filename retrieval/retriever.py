@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+
+import numpy as np
 
 from retrieval.catalog import Label
 from retrieval.fusion import Aggregation, Candidate, aggregate
-from retrieval.index import LabelIndex
+from retrieval.index import Hit, LabelIndex
+from retrieval.neighbours import LabelTable, Neighbours, fuse
 from retrieval.stages import CandidateStage, Search, Shortlists
 
 # A filtered request searches deeper, in proportion to how much the filter removes, up to this.
@@ -32,6 +34,7 @@ class Retriever:
         self.neighbours = neighbours
         self.stages = tuple(stages)
         self._assignable: tuple[Mapping[str, Label], frozenset[str]] | None = None
+        self._tables: tuple[Mapping[str, Label], LabelTable, np.ndarray] | None = None
 
     def describe(self, aggregation: Aggregation | None = None,
                  stages: Sequence[CandidateStage] | None = None) -> str:
@@ -62,9 +65,14 @@ class Retriever:
         vectors = self.index.embedder.embed(texts)
         vectors_too = (any(s.needs_vectors for s in self.stages) if with_vectors is None
                        else with_vectors)
-        hits = self.index.search(vectors, depth_unit * (widen or _widen(self.stages)),
-                                 with_vectors=vectors_too, with_texts=self.evidence)
-        return Search(texts, vectors, hits, allowed, top_k, depth_unit, self.evidence)
+        depth = depth_unit * (widen or _widen(self.stages))
+        found: list[list[Hit]] | Neighbours
+        if vectors_too or self.evidence:
+            found = self.index.search(vectors, depth, with_vectors=vectors_too,
+                                      with_texts=self.evidence)
+        else:  # ids and distances only: fused as arrays, no object per hit
+            found = Neighbours.of(*self.index.nearest_ids(vectors, depth), self._table()[0])
+        return Search(texts, vectors, found, allowed, top_k, depth_unit, self.evidence)
 
     def rank(self, search: Search, aggregation: Aggregation | None = None,
              stages: Sequence[CandidateStage] | None = None) -> Shortlists:
@@ -73,11 +81,16 @@ class Retriever:
         widen = _widen(stages)
         pool_k = search.top_k * widen
         depth = search.depth_unit * widen
-        if any(len(h) > depth for h in search.hits):  # searched deeper for other settings
-            search = _shallower(search, depth)
+        if search.depth > depth:  # searched deeper for other settings
+            search = search.first(depth)
         how = aggregation or self.aggregation
-        pools = (None if any(s.rescores for s in stages) else
-                 [aggregate(h, how, pool_k, search.allowed) for h in search.hits])
+        pools: Shortlists | None = None
+        if any(s.rescores for s in stages):
+            pass
+        elif isinstance(search.found, Neighbours):
+            pools = fuse(search.found, how, pool_k, self._allowed_mask(search.allowed))
+        else:
+            pools = [aggregate(h, how, pool_k, search.allowed) for h in search.found]
         for stage in stages:
             pools = stage.apply(self.index, search, pools, pool_k)
         assert pools is not None
@@ -92,10 +105,18 @@ class Retriever:
             self._assignable = (labels, ids)
         return self._assignable[1]
 
+    def _table(self) -> tuple[LabelTable, np.ndarray]:
+        """Label numbers for array fusion and the mask of assignable ones, per labels snapshot."""
+        labels = self.index.labels
+        if self._tables is None or self._tables[0] is not labels:
+            table = LabelTable.of(labels)
+            self._tables = (labels, table, table.mask(self.assignable()))
+        return self._tables[1], self._tables[2]
+
+    def _allowed_mask(self, allowed: frozenset[str]) -> np.ndarray:
+        table, assignable = self._table()
+        return assignable if allowed == self.assignable() else table.mask(allowed)
+
 
 def _widen(stages: Sequence[CandidateStage]) -> int:
     return math.prod(stage.widen for stage in stages)
-
-
-def _shallower(search: Search, depth: int) -> Search:
-    return replace(search, hits=[h[:depth] for h in search.hits])

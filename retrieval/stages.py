@@ -7,13 +7,15 @@ there. Each module builds its stage from settings with `from_settings` (None: sw
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Protocol
 
 import numpy as np
 
 from retrieval.fusion import Candidate
-from retrieval.index import Hit, LabelIndex
+from retrieval.index import Hit, LabelIndex, label_of
+from retrieval.neighbours import Neighbours
 
 Shortlists = list[list[Candidate]]
 
@@ -25,11 +27,34 @@ class Search:
 
     texts: Sequence[str]
     vectors: np.ndarray
-    hits: list[list[Hit]]
+    found: list[list[Hit]] | Neighbours  # arrays when no stage needs texts or vectors
     allowed: frozenset[str]
     top_k: int
     depth_unit: int  # neighbours searched per unit of a stage's widening
     evidence: bool  # whether hits carry their texts (read for prompts only)
+
+    @cached_property
+    def hits(self) -> list[list[Hit]]:
+        """Each text's neighbours as Hit objects (built on demand from arrays)."""
+        if not isinstance(self.found, Neighbours):
+            return self.found
+        rows = zip(self.found.vector_ids, self.found.similarities.tolist(), strict=True)
+        return [[Hit(label_of(vid), "", "", sims[n], n + 1, vector_id=vid)
+                 for n, vid in enumerate(vids)]  # a short row's similarities are padded
+                for vids, sims in rows]
+
+    def first(self, depth: int) -> Search:
+        """The same search, keeping only each text's `depth` nearest neighbours."""
+        found = (self.found.first(depth) if isinstance(self.found, Neighbours)
+                 else [h[:depth] for h in self.found])
+        return replace(self, found=found)
+
+    @property
+    def depth(self) -> int:
+        """How many neighbours the deepest row holds."""
+        if isinstance(self.found, Neighbours):
+            return self.found.labels.shape[1]
+        return max((len(h) for h in self.found), default=0)
 
 
 class CandidateStage(Protocol):

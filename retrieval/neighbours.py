@@ -1,0 +1,110 @@
+"""Neighbours as arrays: each query's nearest vectors as label numbers and similarities, fused
+per label with numpy over the whole batch, with no object per hit.
+
+The object path (`fusion.aggregate` over `Hit`s) stays for searches that need the hits' texts
+(prompt evidence) or vectors (sub-queries); both give the same candidates and scores (a test
+compares them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from retrieval.fusion import Aggregation, Candidate
+from retrieval.index import label_of
+
+
+@dataclass(frozen=True)
+class LabelTable:
+    """Label ids numbered in sorted order, so that number order is id order (the tie-break)."""
+
+    ids: tuple[str, ...]
+    number: dict[str, int]
+
+    @classmethod
+    def of(cls, label_ids: Iterable[str]) -> LabelTable:
+        """Number the given ids."""
+        ids = tuple(sorted(label_ids))
+        return cls(ids, {label_id: n for n, label_id in enumerate(ids)})
+
+    def mask(self, allowed: Iterable[str]) -> np.ndarray:
+        """A boolean per label number: True for the ids in `allowed`."""
+        out = np.zeros(len(self.ids), dtype=bool)
+        out[[self.number[i] for i in allowed if i in self.number]] = True
+        return out
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """A batch's neighbours, best first: label numbers (-1: not a known label), similarities
+    and Chroma's vector ids, one row per query."""
+
+    labels: np.ndarray  # (queries, depth) int64
+    similarities: np.ndarray  # (queries, depth) float64, -inf where a row is short
+    vector_ids: list[list[str]]
+    table: LabelTable
+
+    @classmethod
+    def of(cls, ids: Sequence[Sequence[str]], distances: Sequence[Sequence[float]],
+           table: LabelTable) -> Neighbours:
+        """From Chroma's raw answer (`LabelIndex.nearest_ids`)."""
+        width = max((len(row) for row in ids), default=0)
+        labels = np.full((len(ids), width), -1, dtype=np.int64)
+        similarities = np.full((len(ids), width), -np.inf)
+        number = table.number
+        for row, (vids, dists) in enumerate(zip(ids, distances, strict=True)):
+            labels[row, :len(vids)] = [number.get(label_of(vid), -1) for vid in vids]
+            similarities[row, :len(dists)] = 1.0 - np.asarray(dists, dtype=np.float64)
+        return cls(labels, similarities, [list(v) for v in ids], table)
+
+    def first(self, depth: int) -> Neighbours:
+        """Only the `depth` nearest of each row."""
+        return Neighbours(self.labels[:, :depth], self.similarities[:, :depth],
+                          [v[:depth] for v in self.vector_ids], self.table)
+
+
+def fuse(found: Neighbours, how: Aggregation, top_k: int,
+         allowed: np.ndarray) -> list[list[Candidate]]:
+    """Each row's best `top_k` labels among `allowed` (a mask over label numbers), scored as
+    `fusion.aggregate` scores them, ties broken the same way (score, similarity, id)."""
+    queries, depth = found.labels.shape
+    if queries == 0 or depth == 0:
+        return [[] for _ in range(queries)]
+    rank = np.broadcast_to(np.arange(1, depth + 1), (queries, depth))
+    row = np.broadcast_to(np.arange(queries)[:, None], (queries, depth))
+    keep = found.labels >= 0
+    keep[keep] = allowed[found.labels[keep]]
+    r, label, rk, sim = row[keep], found.labels[keep], rank[keep], found.similarities[keep]
+    # Hits grouped by (row, label), best rank first within a group.
+    order = np.lexsort((rk, label, r))
+    r, label, rk, sim = r[order], label[order], rk[order], sim[order]
+    starts = np.flatnonzero(np.r_[True, (r[1:] != r[:-1]) | (label[1:] != label[:-1])])
+    group = np.cumsum(np.r_[False, (r[1:] != r[:-1]) | (label[1:] != label[:-1])])
+    within = np.arange(len(r)) - starts[group]  # 0 for a label's best hit
+    best_similarity = sim[starts]
+    if how.method == "max":
+        score = best_similarity.copy()
+    else:
+        counted = within < how.max_hits if how.max_hits else np.ones(len(r), dtype=bool)
+        contribution = 1.0 / (how.k + rk)
+        score = np.zeros(len(starts))
+        # Added hit by hit in rank order, as a Python sum over the group would: same floats.
+        for nth in range(int(within[counted].max(initial=-1)) + 1):
+            picked = counted & (within == nth)
+            score[group[picked]] += contribution[picked]
+    g_row, g_label = r[starts], label[starts]
+    ranked = np.lexsort((g_label, -best_similarity, -score, g_row))
+    g_row, g_label, score, best_similarity = (g_row[ranked], g_label[ranked], score[ranked],
+                                              best_similarity[ranked])
+    row_start = np.searchsorted(g_row, np.arange(queries))
+    position = np.arange(len(g_row)) - row_start[g_row]
+    shown = position < top_k
+    out: list[list[Candidate]] = [[] for _ in range(queries)]
+    ids = found.table.ids
+    for q, lab, s, b in zip(g_row[shown].tolist(), g_label[shown].tolist(),
+                            score[shown].tolist(), best_similarity[shown].tolist(), strict=True):
+        out[q].append(Candidate(ids[lab], s, b))
+    return out
