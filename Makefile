@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 WHEELS ?= $(HOME)/.cache/labelrank-wheels
 LLAMA_CPP := llama-cpp-python==0.3.36
 
-.PHONY: install demo test test-slow lint llm-install test-llm serve-local
+.PHONY: install demo test test-slow lint llm-install test-llm serve-local test-browser
 
 $(BIN)/labelrank: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ test: install
 # Minutes-long tests: real multi-process servers, kill -9 during indexing, schema fuzzing.
 test-slow: install
 	$(BIN)/python -m pytest -m slow
+
+# The web console in Debian's chromium (apt-get install chromium; .ci/run installs it), against
+# a real `labelrank serve`; screenshots of every page land in LABELRANK_SCREENSHOTS.
+LABELRANK_SCREENSHOTS ?= /tmp/labelrank-screenshots
+test-browser: install
+	LABELRANK_SCREENSHOTS=$(LABELRANK_SCREENSHOTS) $(BIN)/python -m pytest -m browser
+	@echo "screenshots: $(LABELRANK_SCREENSHOTS)"
 
 lint: install
 	$(BIN)/ruff check .

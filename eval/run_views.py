@@ -94,7 +94,9 @@ def compare_view(name_a: str, run_a: dict, name_b: str, run_b: dict) -> dict:
               for metric, a, b, delta in metric_deltas(run_a, run_b)]
     return {"a": {"name": name_a, "run": run_a, "prompt": _prompt(run_a)},
             "b": {"name": name_b, "run": run_b, "prompt": _prompt(run_b)},
-            "deltas": deltas, "settings": differing_settings(run_a, run_b),
+            "changed": [d for d in deltas if d[3] != 0],
+            "unchanged": [d for d in deltas if d[3] == 0],
+            "settings": differing_settings(run_a, run_b),
             "flips": changed[:MAX_FLIPS], "n_flips": len(changed), "counts": counts,
             "curves": [curve(name_a, run_a), curve(name_b, run_b)]}
 

@@ -35,11 +35,12 @@ function errorText(status, body) {
   }
 }
 
-function onFailure(status, body) {
+function onFailure(status, body, target) {
   if (status === 401) {
     askForKey(apiKey() ? "That key was refused. Enter a valid API key."
                        : "This server needs an API key to show its data.");
-    say("Waiting for an API key.", "error");
+    say("This page shows its data once a valid API key is given (the API key button).");
+    if (target) target.innerHTML = '<p class="hint">Needs the API key.</p>';
   } else if (status === 403) {
     askForKey("This key can read but not change labels: enter the write key.");
     say(errorText(status, body), "error");
@@ -96,10 +97,13 @@ htmx.defineExtension("json", {
 document.body.addEventListener("htmx:configRequest", (event) => {
   Object.assign(event.detail.headers, authHeaders());
 });
-document.body.addEventListener("htmx:beforeRequest", () => say(""));
+// An error stays until something works again; a success message until the next one.
+document.body.addEventListener("htmx:afterRequest", (event) => {
+  if (event.detail.successful && document.getElementById("status").className === "error") say("");
+});
 document.body.addEventListener("htmx:responseError", (event) => {
   const xhr = event.detail.xhr;
-  onFailure(xhr.status, xhr.responseText);
+  onFailure(xhr.status, xhr.responseText, event.detail.target);
 });
 document.body.addEventListener("htmx:sendError", () => {
   say("The server did not answer. Is labelrank serve still running?", "error");
