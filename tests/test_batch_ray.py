@@ -19,8 +19,9 @@ import pytest
 from retrieval.catalog import load_catalog
 from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.index import LabelIndex, chroma_client
+from service.batch.manifest import read_done
 from service.batch.merge import merge_parts
-from service.batch.ray_run import RayOptions, run_batch_ray
+from service.batch.ray_run import RayOptions, ShardFailedError, run_batch_ray
 from service.batch.run import BatchOptions, run_batch
 from service.engine import open_engine
 from tests.conftest import MINI_CATALOG, make_settings
@@ -121,18 +122,7 @@ def test_killed_worker_redoes_only_its_unwritten_records(tmp_path: Path, db: Pat
 
     driver = threading.Thread(target=drive)
     driver.start()
-    victim, deadline = None, time.monotonic() + 120
-    while victim is None and time.monotonic() < deadline and driver.is_alive():
-        for name in ray.util.list_named_actors():
-            if name.startswith("labelrank-batch-"):
-                actor = ray.get_actor(name)
-                now = ray.get(actor.progress.remote(), timeout=10)
-                if now is not None and 4 <= now[1] < 12:
-                    victim = actor
-                    break
-        time.sleep(0.02)
-    assert victim is not None, "no worker was seen in the middle of a shard"
-    ray.kill(victim, no_restart=False)  # Ray restarts it and retries its shard
+    kill_mid_shard(driver)  # Ray restarts the worker and retries its shard
     driver.join(timeout=300)
     assert "error" not in outcome, outcome.get("error")
     run = outcome["run"]
@@ -144,6 +134,53 @@ def test_killed_worker_redoes_only_its_unwritten_records(tmp_path: Path, db: Pat
     redone = fake_llm.request_count - len(rows)
     assert 0 <= redone <= 3 * 4  # at most the chunks in flight when it died
     assert answer.peak <= 2  # the cluster-wide bound, not 2 per worker
+
+
+def test_shard_out_of_retries_fails_the_run_and_a_rerun_finishes(
+        tmp_path: Path, db: Path, fake_llm: FakeOpenAI) -> None:
+    fake_llm.default = Tracked(delay_s=0.15)
+    rows = write_rows(tmp_path / "in.jsonl", 48)
+    settings = make_settings(tmp_path, db=db, llm_base_url=fake_llm.base_url,
+                             llm_api_key="test", llm_model="fake-model", llm_max_attempts=1,
+                             llm_concurrency=2, top_k=5)
+    options = BatchOptions(mode="llm", chunk_size=4)
+    failed: list[Exception] = []
+
+    def drive() -> None:
+        no_retries = RayOptions(workers=2, shard_size=12, task_retries=0)
+        try:
+            run_batch_ray(open_engine(settings), str(tmp_path / "in.jsonl"), tmp_path / "out",
+                          options, no_retries, tty=False)
+        except ShardFailedError as exc:
+            failed.append(exc)
+
+    driver = threading.Thread(target=drive)
+    driver.start()
+    kill_mid_shard(driver)
+    driver.join(timeout=300)
+    assert failed and "shards are done and kept" in failed[0].message
+    done = len(read_done(tmp_path / "out" / "done.jsonl"))
+    assert 1 <= done < 4  # the other worker's shard finished; nothing new was started
+    rerun = run_batch_ray(open_engine(settings), str(tmp_path / "in.jsonl"), tmp_path / "out",
+                          options, TWO_WORKERS, tty=False)
+    assert rerun.stats.records == len(rows) and rerun.stats.previous >= 12 * done
+    merge_parts(tmp_path / "out", tmp_path / "merged.jsonl")
+    assert [r["id"] for r in read(tmp_path / "merged.jsonl")] == [r["id"] for r in rows]
+
+
+def kill_mid_shard(driver: threading.Thread) -> None:
+    """`ray.kill` a worker of the running batch once it has written part of a 12-line shard."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and driver.is_alive():
+        for name in ray.util.list_named_actors():
+            if name.startswith("labelrank-batch-"):
+                actor = ray.get_actor(name)
+                now = ray.get(actor.progress.remote(), timeout=10)
+                if now is not None and 4 <= now[1] < 12:
+                    ray.kill(actor, no_restart=False)
+                    return
+        time.sleep(0.02)
+    raise AssertionError("no worker was seen in the middle of a shard")
 
 
 def test_driver_sigkill_then_rerun_exactly_once(tmp_path: Path, db: Path, fake_llm: FakeOpenAI,

@@ -157,7 +157,7 @@ def _drain(ray: Any, pool: Any, actors: list, queue: deque, out: ShardedOutput,
         progress.unfinished(sum(live.values()))
         feed()
     if failure is not None:
-        raise _reported(failure)
+        raise _reported(failure, f"{len(out.done)} of {len(out.shards)} shards are done and kept")
 
 
 def _in_flight(ray: Any, actors: list) -> dict[int, int]:
@@ -183,14 +183,16 @@ def _get(ray: Any, refs: list) -> list:
         raise _reported(exc) from None
 
 
-def _reported(exc: Exception) -> LabelrankError:
+def _reported(exc: Exception, kept: str = "the finished shards are kept") -> LabelrankError:
+    """A worker's labelrank error as itself; anything else (a worker that died more often
+    than its shard may be retried) as `shard_failed`."""
     cause = getattr(exc, "cause", None)
     if isinstance(cause, LabelrankError):
         return cause
     first = str(cause or exc).strip().splitlines()
     return ShardFailedError(
-        f"a shard failed ({type(cause or exc).__name__}: {first[0] if first else ''}); the "
-        "finished shards are kept: run the same command again to redo the rest")
+        f"a shard failed ({type(cause or exc).__name__}: {first[0] if first else ''}); {kept}: "
+        "run the same command again to redo the rest")
 
 
 def worker_count(cpus: float, ray_options: RayOptions, shards: int, mode: str,
