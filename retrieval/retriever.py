@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -15,6 +16,8 @@ from retrieval.stages import CandidateStage, Search, Shortlists
 
 # A filtered request searches deeper, in proportion to how much the filter removes, up to this.
 MAX_WIDEN = 20
+# Texts per chunk when a big batch overlaps embedding with Chroma's queries.
+OVERLAP_CHUNK = 256
 
 
 class Retriever:
@@ -62,17 +65,41 @@ class Retriever:
         depth_unit = max(self.neighbours, top_k)
         if within is not None and allowed:  # the filter drops most hits: look further
             depth_unit *= min(MAX_WIDEN, -(-len(assignable) // len(allowed)))
-        vectors = self.index.embedder.embed(texts)
         vectors_too = (any(s.needs_vectors for s in self.stages) if with_vectors is None
                        else with_vectors)
         depth = depth_unit * (widen or _widen(self.stages))
         found: list[list[Hit]] | Neighbours
         if vectors_too or self.evidence:
+            vectors = self.index.embedder.embed(texts)
             found = self.index.search(vectors, depth, with_vectors=vectors_too,
                                       with_texts=self.evidence)
         else:  # ids and distances only: fused as arrays, no object per hit
-            found = Neighbours.of(*self.index.nearest_ids(vectors, depth), self._table()[0])
+            vectors, ids, distances = self._embed_and_query(texts, depth)
+            found = Neighbours.of(ids, distances, self._table()[0])
         return Search(texts, vectors, found, allowed, top_k, depth_unit, self.evidence)
+
+    def _embed_and_query(self, texts: Sequence[str],
+                         depth: int) -> tuple[np.ndarray, list[list[str]], list[list[float]]]:
+        """Vectors and raw neighbours; a big batch embeds its next chunk while Chroma answers
+        the current one (the embedder releases the GIL, so the two overlap)."""
+        parts = [texts[start:start + OVERLAP_CHUNK]
+                 for start in range(0, len(texts), OVERLAP_CHUNK)]
+        embed = self.index.embedder.embed
+        if len(parts) < 2:
+            vectors = embed(texts)
+            return (vectors, *self.index.nearest_ids(vectors, depth))
+        chunks, ids, distances = [], [], []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-ahead") as ahead:
+            pending = ahead.submit(embed, parts[0])
+            for following in [*parts[1:], None]:
+                vectors = pending.result()
+                if following is not None:
+                    pending = ahead.submit(embed, following)
+                found_ids, found_distances = self.index.nearest_ids(vectors, depth)
+                chunks.append(vectors)
+                ids += found_ids
+                distances += found_distances
+        return np.vstack(chunks), ids, distances
 
     def rank(self, search: Search, aggregation: Aggregation | None = None,
              stages: Sequence[CandidateStage] | None = None) -> Shortlists:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from eval.calibrate import AGGREGATIONS
 from retrieval.fusion import Aggregation, aggregate
 from retrieval.index import LabelIndex
 from retrieval.neighbours import LabelTable, Neighbours, fuse
 from retrieval.retriever import Retriever
 
+AGGREGATIONS = [Aggregation("max", 0, None)] + [
+    Aggregation("rrf", k, m) for k in (1.0, 10.0, 60.0) for m in (1, 3, 5, None)]
 TEXTS = ["my kitten keeps biting my fingers", "when are taxes due", "sourdough and espresso",
          "a puppy that chews shoes and a cat that scratches", "", "quantum chromodynamics",
          "dogs", "coffee beans for my espresso machine and a cake"]
@@ -39,3 +40,10 @@ def test_retriever_candidates_match_with_and_without_hit_objects(
         assert [(c.label_id, c.score, c.similarity) for c in fast] == [
             (c.label_id, c.score, c.similarity) for c in slow]
         assert all(c.evidence == () for c in fast)
+
+
+def test_a_big_batch_overlapping_embedding_and_search_keeps_order(
+        readonly_index: LabelIndex) -> None:
+    retriever = Retriever(readonly_index, Aggregation(), 30, evidence=False)
+    many = TEXTS * 80  # 640 texts: three chunks, embedded ahead while Chroma answers
+    assert retriever.candidates(many, 5) == retriever.candidates(TEXTS, 5) * 80
