@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from eval.cli import app
 from retrieval.catalog import load_catalog
 from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.index import LabelIndex, chroma_client
@@ -203,3 +205,17 @@ def read(path: Path) -> list[dict]:
     for record in records:
         record.pop("latency_ms", None)
     return records
+
+
+def test_cli_keeps_ray_options_to_the_ray_engine(tmp_path: Path, db: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"text": "espresso tastes sour"}\n')
+    runner = CliRunner()
+    local = runner.invoke(app, ["batch", str(source), str(tmp_path / "out.jsonl"), "--db",
+                                str(db), "--workers", "2", "--merge", "m.jsonl"])
+    assert local.exit_code == 2 and "--workers, --merge go with --engine ray" in local.output
+    stdin = runner.invoke(app, ["batch", "-", str(tmp_path / "out"), "--db", str(db),
+                                "--engine", "ray"], input='{"text": "x"}\n')
+    assert stdin.exit_code == 2
+    assert "error [invalid_input]: --engine ray reads files" in stdin.output
+    assert not (tmp_path / "out").exists()

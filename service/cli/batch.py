@@ -128,10 +128,11 @@ def _run_on_ray(engine: Engine, source: str, output: Path, options: BatchOptions
         raise typer.Exit(130) from None
     typer.echo(summary(run.stats, settings.llm_model, settings.llm_prices), err=True)
     if run.workers:
-        rss = sorted(w["peak_rss_mb"] for w in run.workers)
-        typer.echo(f"  ray: {len(run.workers)} workers on {len({w['host'] for w in run.workers})}"
-                   f" nodes, started in {run.startup_s:.1f} s, peak RSS {rss[0]:.0f}-"
-                   f"{rss[-1]:.0f} MB per worker", err=True)
+        rss = [f"{w['peak_rss_mb']:.0f}" for w in run.workers]
+        workers, nodes = len(run.workers), len({w["host"] for w in run.workers})
+        typer.echo(f"  ray: {workers} worker{'s' * (workers > 1)} on {nodes} "
+                   f"node{'s' * (nodes > 1)}, started in {run.startup_s:.1f} s; peak RSS per "
+                   f"worker: {', '.join(rss)} MB", err=True)
     if merge is not None:
         repeated = merge_parts(output, merge)
         typer.echo(f"merged {run.stats.records} records into {merge}"
