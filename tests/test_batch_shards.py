@@ -195,6 +195,9 @@ def test_llm_concurrency_is_shared_not_multiplied(tmp_path: Path) -> None:
     assert worker_count(64, auto, shards=3, mode="retrieval", llm_concurrency=8) == 3
     with pytest.raises(WorkerCountError, match="at least 12"):
         worker_count(64, RayOptions(workers=12), 1000, "llm", llm_concurrency=8)
+    with pytest.raises(WorkerCountError, match="3 workers of 2 CPUs need 6 CPUs; the cluster "
+                                               "has 4"):
+        worker_count(4, RayOptions(workers=3, cpus_per_worker=2), 1000, "retrieval", 8)
     shares = [worker_settings(settings, "llm", n, 1).llm_concurrency for n in (1, 3, 8)]
     assert [n * share for n, share in zip((1, 3, 8), shares, strict=True)] == [8, 6, 8]
     assert worker_settings(settings, "retrieval", 4, 2).embed_threads == 2

@@ -66,16 +66,16 @@ def open_output(root: Path, source: Path, fmt: InputFormat, shard_size: int, con
     if previous and "shards" in previous:
         _same_input(previous, source)
         shards = [Shard(**s) for s in previous["shards"]]
-        shard_size = previous["shard_size"]
+        shard_size, total = previous["shard_size"], previous["total"]
     else:
         shards = plan_shards(source, fmt, shard_size)
+        total = sum(s.lines if s.lines is not None else count_records(s.path, s.fmt) or 0
+                    for s in shards)
     done = read_done(root / "done.jsonl")
     parts = root / "parts"
     has_records = bool(done) or any(p.stat().st_size for p in parts.glob("*.jsonl"))
     content = checked(path, previous, config, has_records, force)
     inputs = {s.path: Path(s.path).stat().st_size for s in shards}
-    total = sum(s.lines if s.lines is not None else count_records(s.path, s.fmt) or 0
-                for s in shards)
     write_meta(path, {**content, "source": str(source), "inputs": inputs, "total": total,
                       "shard_size": shard_size, "shards": [s.to_dict() for s in shards]})
     parts.mkdir(exist_ok=True)

@@ -40,6 +40,11 @@ class WorkerCountError(LabelrankError):
     status = 422
 
 
+class RayUnavailableError(LabelrankError):
+    code = "ray_unavailable"
+    status = 503
+
+
 @dataclass(frozen=True)
 class RayOptions:
     """Where the workers run and how the input is cut."""
@@ -98,8 +103,14 @@ def _label_on_ray(settings: Settings, config: dict, options: BatchOptions,
     started = time.monotonic()
     own_session = not ray.is_initialized()
     if own_session:
-        ray.init(address=ray_options.address, include_dashboard=False,
-                 logging_level=logging.WARNING)
+        try:
+            ray.init(address=ray_options.address, include_dashboard=False,
+                     logging_level=logging.WARNING)
+        except ConnectionError as exc:
+            raise RayUnavailableError(
+                f"no Ray cluster at {ray_options.address} ({exc}); start one with `ray start "
+                "--head`, or leave out --address for a Ray of this run's own",
+                address=ray_options.address) from None
     actors: list = []
     try:
         count = worker_count(ray.cluster_resources().get("CPU", 1), ray_options, len(todo),
@@ -197,10 +208,14 @@ def _reported(exc: Exception, kept: str = "the finished shards are kept") -> Lab
 
 def worker_count(cpus: float, ray_options: RayOptions, shards: int, mode: str,
                  llm_concurrency: int) -> int:
-    """How many workers: as asked, else one per `cpus_per_worker` CPUs of the cluster; never
-    more than shards to do, nor (in LLM mode) than the cluster-wide LLM concurrency."""
-    asked = ray_options.workers
-    count = asked or max(1, int(cpus // ray_options.cpus_per_worker))
+    """How many workers: as asked (if the cluster has the CPUs), else one per
+    `cpus_per_worker` CPUs of the cluster; never more than shards to do, nor (in LLM mode) than
+    the cluster-wide LLM concurrency."""
+    asked, each = ray_options.workers, ray_options.cpus_per_worker
+    if asked and asked * each > cpus:  # the extra workers would wait for CPUs forever
+        raise WorkerCountError(f"{asked} workers of {each} CPUs need {asked * each} CPUs; the "
+                               f"cluster has {cpus:g}", workers=asked, cpus=cpus)
+    count = asked or max(1, int(cpus // each))
     if mode == "llm":
         if asked and asked > llm_concurrency:
             raise WorkerCountError(
