@@ -187,7 +187,8 @@ def _in_flight(ray: Any, actors: list) -> dict[int, int]:
 
 
 def _get(ray: Any, refs: list) -> list:
-    """`ray.get`, with a labelrank error raised by a worker re-raised as itself."""
+    """`ray.get` once every ref is ready, with a worker's labelrank error re-raised as itself."""
+    ray.wait(refs, num_returns=len(refs))  # none left running when the actors are killed
     try:
         return ray.get(refs)
     except ray.exceptions.RayError as exc:
