@@ -1,6 +1,7 @@
 """The HTTP API: thin routes over the one pipeline, built once in the app's lifespan.
 
-Run it with `labelrank serve`, or `uvicorn service.api.app:create_app --factory`.
+Run it with `labelrank serve` (the API and the web console), or
+`uvicorn service.api.app:create_app --factory` (the API alone).
 """
 
 from __future__ import annotations

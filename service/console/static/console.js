@@ -102,8 +102,14 @@ document.body.addEventListener("htmx:afterRequest", (event) => {
   if (event.detail.successful && document.getElementById("status").className === "error") say("");
 });
 document.body.addEventListener("htmx:responseError", (event) => {
-  const xhr = event.detail.xhr;
-  onFailure(xhr.status, xhr.responseText, event.detail.target);
+  const { xhr, requestConfig, target } = event.detail;
+  if (xhr.status === 503 && requestConfig.verb === "get") {
+    // Just started: the embedder and the index load in the background. Ask again shortly.
+    say(errorText(xhr.status, xhr.responseText) + "; trying again in a few seconds.");
+    setTimeout(() => htmx.ajax("GET", requestConfig.path, { target, swap: "innerHTML" }), 3000);
+    return;
+  }
+  onFailure(xhr.status, xhr.responseText, target);
 });
 document.body.addEventListener("htmx:sendError", () => {
   say("The server did not answer. Is labelrank serve still running?", "error");
