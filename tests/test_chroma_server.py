@@ -38,6 +38,20 @@ def top_label(response: httpx.Response) -> str | None:
     return labels[0]["id"] if labels else None
 
 
+def every_worker_ready(url: str, process: subprocess.Popen, in_a_row: int = 8,
+                       timeout_s: float = 180) -> None:
+    """Ready answers on `in_a_row` fresh connections, which land on either worker: the first
+    worker to load must not stand for the one still loading its model."""
+    deadline = time.monotonic() + timeout_s
+    streak = 0
+    while streak < in_a_row:
+        assert process.poll() is None, "labelrank serve exited"
+        assert time.monotonic() < deadline, f"not every worker was ready in {timeout_s} s"
+        with httpx.Client(base_url=url, timeout=10) as fresh:
+            streak = streak + 1 if fresh.get("/readyz").status_code == 200 else 0
+        time.sleep(0.05)
+
+
 @pytest.mark.slow  # three CLI processes and two workers, each loading the model: minutes
 def test_index_classify_and_shared_workers_over_a_chroma_server(
         tmp_path: Path, chroma_server: tuple[str, int]) -> None:
@@ -61,6 +75,7 @@ def test_index_classify_and_shared_workers_over_a_chroma_server(
     volcano = {"name": "Volcanoes", "examples": ["the volcano erupted and lava flowed"]}
     try:
         wait_http(f"{url}/readyz", serve, timeout_s=180)
+        every_worker_ready(url, serve)
         assert len(worker_pids(serve.pid)) == 2
         with httpx.Client(base_url=url, timeout=30) as http:
             assert top_label(http.post("/v1/classify", json={"text": text})) is None
