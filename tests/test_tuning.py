@@ -153,3 +153,10 @@ def test_batches_have_no_in_batch_false_negatives() -> None:
         owners = [label for i in batch for label in rows[i].owners]
         assert len(owners) == len(set(owners))
         assert not {rows[i].negative_label for i in batch} & set(owners)
+
+
+def test_time_budget_stops_training_early(tmp_path: Path, tuned: dict) -> None:
+    config = TuneConfig(epochs=3, batch_size=4, learning_rate=3e-4, max_seconds=0.01)
+    report = tune(tuned["index"], tuned["train"], tmp_path / "model", config)
+    assert report.steps == 1 < report.planned_steps  # the first step ends past the deadline
+    assert (tmp_path / "model" / PROVENANCE_FILE).is_file()  # what it learnt is still saved

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from sentence_transformers.base.sampler import DefaultBatchSampler
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from retrieval.catalog import Catalog, load_examples
 from retrieval.embedder import resolve_model_path
@@ -50,6 +51,7 @@ class TuneConfig:
     neighbours: int = 30  # index hits scanned per text for a hard negative
     duplicate_similarity: float = 0.9  # this close to the anchor or positive: not a negative
     seed: int = 13
+    max_seconds: float | None = None  # training stops after this long (a step never breaks)
 
 
 @dataclass
@@ -64,6 +66,7 @@ class TuneReport:
     mined_negatives: int = 0
     random_negatives: int = 0
     steps: int = 0
+    planned_steps: int = 0  # more than `steps` when the time budget stopped training
     mining_s: float = 0.0
     training_s: float = 0.0
     dev_texts: int = 0
@@ -167,7 +170,7 @@ def tune(index: LabelIndex, examples: Path, out: Path, config: TuneConfig,
     report.random_negatives = report.pairs - report.mined_negatives
     started = time.perf_counter()
     model = _load_trainable(index.embedder.name)
-    report.steps = _train(model, rows, config)
+    report.steps, report.planned_steps = _train(model, rows, config)
     report.training_s = round(time.perf_counter() - started, 1)
     if dev_gold:
         report.dev_accuracy_after = nearest_label_accuracy(
@@ -187,8 +190,9 @@ def _load_trainable(model_name: str):
     return SentenceTransformer(str(resolve_model_path(model_name)), device="cpu")
 
 
-def _train(model, rows: list[Row], config: TuneConfig) -> int:
-    """Run MultipleNegativesRankingLoss over (anchor, positive, negative); returns steps."""
+def _train(model, rows: list[Row], config: TuneConfig) -> tuple[int, int]:
+    """Run MultipleNegativesRankingLoss over (anchor, positive, negative); returns the steps
+    taken and the steps planned."""
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformerTrainer,
@@ -207,10 +211,31 @@ def _train(model, rows: list[Row], config: TuneConfig) -> int:
             logging_steps=50, dataloader_pin_memory=False,
             batch_sampler=partial(DistinctLabelBatchSampler, rows=rows),
         )
+        budget = [TimeBudget(config.max_seconds)] if config.max_seconds else []
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
-                                             loss=MultipleNegativesRankingLoss(model))
+                                             loss=MultipleNegativesRankingLoss(model),
+                                             callbacks=budget)
         trainer.train()
-        return int(trainer.state.global_step)
+        return int(trainer.state.global_step), int(trainer.state.max_steps)
+
+
+class TimeBudget(TrainerCallback):
+    """Stops training at the first step end past the deadline (the clock starts at train)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.deadline = float("inf")
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState,
+                       control: TrainerControl, **kwargs: object) -> None:
+        """Start the clock."""
+        self.deadline = time.monotonic() + self.seconds
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState,
+                    control: TrainerControl, **kwargs: object) -> None:
+        """Ask the trainer to stop once the budget is spent."""
+        if time.monotonic() >= self.deadline:
+            control.should_training_stop = True
 
 
 class DistinctLabelBatchSampler(DefaultBatchSampler):

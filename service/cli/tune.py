@@ -26,6 +26,8 @@ def tune(
         min=1, help="Train on at most N pairs (a random sample).")] = None,
     batch_size: Annotated[int, typer.Option(min=2, help="Pairs per step.")] = 32,
     learning_rate: Annotated[float, typer.Option(help="AdamW learning rate.")] = 5e-5,
+    minutes: Annotated[float | None, typer.Option(
+        min=0, help="Stop training after this long (what was learnt is kept).")] = None,
 ) -> None:
     """Fine-tune the embedder on labelled texts (in-batch + mined hard negatives)."""
     from retrieval.tune.train import TuneConfig
@@ -35,13 +37,14 @@ def tune(
     settings = settings_from(db)
     index = build_index(settings)
     config = TuneConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
-                        max_pairs=max_pairs)
+                        max_pairs=max_pairs, max_seconds=minutes * 60 if minutes else None)
     report = tune_embedder(index, examples, out, config, dev=dev)
     typer.echo(
         f"tuned {report.base_model} on {report.pairs} pairs ({report.label_pairs} text-label, "
         f"{report.pairs - report.label_pairs} text-text; hard negatives: "
         f"{report.mined_negatives} mined, {report.random_negatives} random), {report.steps} "
-        f"steps; mining {report.mining_s:.0f} s, training {report.training_s:.0f} s", err=True)
+        f"of {report.planned_steps} steps; mining {report.mining_s:.0f} s, "
+        f"training {report.training_s:.0f} s", err=True)
     if report.dev_accuracy_before is not None:
         typer.echo(f"dev nearest-label accuracy ({report.dev_texts} texts): "
                    f"{report.dev_accuracy_before:.4f} -> {report.dev_accuracy_after:.4f}",
