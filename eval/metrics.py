@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from retrieval.iterables import dedupe
 
-__all__ = ["cross_branch", "evaluate", "is_single_label", "per_label", "recall_curve"]
+__all__ = ["auroc", "cross_branch", "evaluate", "is_single_label", "per_label", "recall_curve"]
 
 Labels = Sequence[str]
 
@@ -143,6 +143,24 @@ def cross_branch(gold: Sequence[set[str]], predicted: Sequence[set[str]],
             "multi_branch_recovered": _mean(float(g <= p) for g, p in spanning)}
 
 
+def auroc(positive: Sequence[float], negative: Sequence[float]) -> float:
+    """Probability that a random positive scores above a random negative (ties count half):
+    how well the score separates the two, whatever threshold is chosen later."""
+    if not positive or not negative:
+        return 0.0
+    ordered = sorted([(s, 1) for s in positive] + [(s, 0) for s in negative])
+    rank_sum, start = 0.0, 0
+    while start < len(ordered):
+        end = start
+        while end < len(ordered) and ordered[end][0] == ordered[start][0]:
+            end += 1
+        mid_rank = (start + 1 + end) / 2  # tied scores share their average rank
+        rank_sum += mid_rank * sum(label for _, label in ordered[start:end])
+        start = end
+    n_pos, n_neg = len(positive), len(negative)
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
 def evaluate(
     gold: Sequence[Labels],
     predicted: Sequence[Labels],
@@ -150,9 +168,12 @@ def evaluate(
     ks: Sequence[int] = (1, 5, 10),
     candidate_k: int | None = None,
     branches: Mapping[str, str] | None = None,
+    in_scope_score: Sequence[float] | None = None,
 ) -> dict[str, float]:
     """All harness metrics for one run; see docs/metrics.md for definitions. `branches` maps a
-    label id to its branch (its root ancestor) for the cross-branch metrics."""
+    label id to its branch (its root ancestor) for the cross-branch metrics; `in_scope_score`
+    is each text's evidence of being in scope (its best candidate's similarity), for
+    `none_auroc`."""
     n = _check_lengths(gold=gold, predicted=predicted, ranked=ranked)
     if any(k < 1 for k in ks):
         raise ValueError(f"every k in ks must be >= 1, got {list(ks)}")
@@ -195,6 +216,10 @@ def evaluate(
         out["n_pred_none"] = n_pred_none
         out["none_precision"] = _ratio(both_none, n_pred_none)
         out["none_recall"] = _ratio(both_none, n_none)
+    if in_scope_score is not None and 0 < n_none < n:
+        _check_lengths(gold=gold, in_scope_score=in_scope_score)
+        out["none_auroc"] = auroc([s for s, g in zip(in_scope_score, golds, strict=True) if g],
+                                  [s for s, g in zip(in_scope_score, golds, strict=True) if not g])
 
     if branches is not None:
         out.update(cross_branch(golds, pred_sets, branches))

@@ -85,6 +85,7 @@ def _record(settings: Settings, dataset: Dataset, config: EvalConfig, pipeline: 
             outcomes: list, wall_s: float, store: Store | None) -> dict:
     gold = [list(ex.labels) for ex in dataset.examples]
     predicted, ranked, rows, latencies = [], [], [], []
+    in_scope_score: list[float] = []  # the best candidate's similarity: evidence of scope
     usage = {"prompt_tokens": 0, "completion_tokens": 0, "llm_calls": 0, "cached_llm": 0}
     degraded = errors = 0
     for ex, outcome in zip(dataset.examples, outcomes, strict=True):
@@ -92,6 +93,8 @@ def _record(settings: Settings, dataset: Dataset, config: EvalConfig, pipeline: 
         if isinstance(outcome, ClassifyResult):
             labels = [lab.id for lab in outcome.labels]
             cands = [c.id for c in outcome.candidates]
+            in_scope_score.append(max((c.similarity or 0.0 for c in outcome.candidates),
+                                      default=-1.0))
             row.update(labels=labels, mode=outcome.mode, degraded=outcome.degraded,
                        reason=outcome.reason,
                        candidates=[[c.id, round(c.score, 4), round(c.similarity or 0, 4)]
@@ -104,6 +107,7 @@ def _record(settings: Settings, dataset: Dataset, config: EvalConfig, pipeline: 
             latencies.append(outcome.latency_ms)
         else:
             labels, cands = [], []
+            in_scope_score.append(-1.0)
             row["error"] = outcome.error
             errors += 1
         predicted.append(labels)
@@ -112,7 +116,8 @@ def _record(settings: Settings, dataset: Dataset, config: EvalConfig, pipeline: 
     top_k = config.top_k or settings.top_k
     taxonomy = taxonomy_of(pipeline.index.labels)
     branches = {label: taxonomy.branch(label, 0) for g in gold for label in g}
-    metrics = evaluate(gold, predicted, ranked, ks=KS, candidate_k=top_k, branches=branches)
+    metrics = evaluate(gold, predicted, ranked, ks=KS, candidate_k=top_k, branches=branches,
+                       in_scope_score=in_scope_score)
     selector = pipeline.selector
     template = getattr(getattr(selector, "inner", selector), "template", None)
     return {

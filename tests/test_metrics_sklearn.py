@@ -58,3 +58,15 @@ def test_single_label_accuracy_matches_sklearn() -> None:
     ours = evaluate(gold, predicted, predicted)
     assert ours["accuracy"] == pytest.approx(
         accuracy_score([g[0] for g in gold], [p[0] for p in predicted]))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_none_auroc_matches_sklearn(seed: int) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(300 + seed)
+    gold = [[] if rng.random() < 0.2 else ["L1"] for _ in range(400)]
+    # Rounded, so that ties between in-scope and out-of-scope texts occur.
+    scores = [round(float(rng.normal(0.6 if g else 0.4, 0.15)), 2) for g in gold]
+    ours = evaluate(gold, gold, gold, in_scope_score=scores)
+    assert ours["none_auroc"] == pytest.approx(roc_auc_score([bool(g) for g in gold], scores))
