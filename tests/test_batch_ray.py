@@ -185,8 +185,8 @@ def kill_mid_shard(driver: threading.Thread) -> None:
 
 def test_driver_sigkill_then_rerun_exactly_once(tmp_path: Path, db: Path, fake_llm: FakeOpenAI,
                                                 ray_session: str) -> None:
-    fake_llm.default = Tracked(delay_s=0.1)
-    rows = write_rows(tmp_path / "in.jsonl", 60)
+    fake_llm.default = Tracked(delay_s=0.2)  # slow enough that the kill lands mid-run
+    rows = write_rows(tmp_path / "in.jsonl", 96)
     out, merged = tmp_path / "out", tmp_path / "merged.jsonl"
     command = [*CLI, "batch", str(tmp_path / "in.jsonl"), str(out), "--db", str(db),
                "--mode", "llm", "--engine", "ray", "--address", ray_session, "--workers", "2",
@@ -209,11 +209,13 @@ def test_driver_sigkill_then_rerun_exactly_once(tmp_path: Path, db: Path, fake_l
         time.sleep(0.5)
         now = part_lines(out)
         settled, last = (settled + 1, now) if now == last else (0, now)
-    unfinished = sorted((out / "parts").glob("*.jsonl"))[-1]
-    with unfinished.open("ab") as handle:
-        handle.write(b'{"line": 59, "id": "k58", "labels": [{"id": "pe')  # a torn write
+    finished = read_done(out / "done.jsonl")
+    unfinished = [p for p in sorted((out / "parts").glob("*.jsonl"))
+                  if int(p.stem) not in finished]
+    with unfinished[0].open("ab") as handle:
+        handle.write(b'{"line": 95, "id": "k94", "labels": [{"id": "pe')  # a torn write
     kept = part_lines(out)
-    assert 20 <= kept < len(rows)
+    assert 20 <= kept < len(rows), f"{kept} records kept, {len(finished)} shards done"
     before = fake_llm.request_count
     rerun = subprocess.run(command, env=llm_env(fake_llm), capture_output=True, text=True,
                            timeout=300, check=False)

@@ -14,7 +14,7 @@ from eval.cli import app
 from retrieval.catalog import load_catalog
 from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.index import LabelIndex, chroma_client
-from service.batch.io import read_records
+from service.batch.io import CorruptOutputError, read_records
 from service.batch.manifest import OutputBusyError, file_lock, open_output, read_done
 from service.batch.merge import UnfinishedRunError, merge_parts
 from service.batch.ray_run import RayOptions, WorkerCountError, worker_count, worker_settings
@@ -162,8 +162,14 @@ def test_merge_refuses_an_unfinished_run(tmp_path: Path, db: Path) -> None:
     source.write_bytes(lines_with_faults(17))
     label_all(db, source, tmp_path / "out", candidates=False)
     done = tmp_path / "out" / "done.jsonl"
-    done.write_text("".join(done.read_text().splitlines(keepends=True)[:2]))
+    lines = done.read_text().splitlines(keepends=True)
+    done.write_text("".join(lines[:2]))
     with pytest.raises(UnfinishedRunError, match="1 of 3 shards are not finished"):
+        merge_parts(tmp_path / "out", tmp_path / "merged.jsonl")
+    done.write_text("".join(lines))
+    with (tmp_path / "out" / "parts" / "00001.jsonl").open("ab") as handle:
+        handle.write(b'{"line": 13, "id": "r')  # never left by a worker; a hand edit
+    with pytest.raises(CorruptOutputError, match=r"00001.jsonl:7: not a labelrank batch"):
         merge_parts(tmp_path / "out", tmp_path / "merged.jsonl")
     assert not (tmp_path / "merged.jsonl").exists()
 

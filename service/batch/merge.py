@@ -50,8 +50,13 @@ def merge_parts(root: Path, target: Path) -> int:
 
 def _part(path: Path, expected: int) -> list[dict]:
     """A finished part's records; they must be as many as its done-log line says."""
-    records = [json.loads(line) for line in path.read_bytes().splitlines()] if \
-        path.exists() else []
+    records = []
+    for number, line in enumerate(path.read_bytes().splitlines() if path.exists() else [], 1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            raise CorruptOutputError(f"{path}:{number}: not a labelrank batch record",
+                                     path=str(path), line=number) from None
     if len(records) != expected:
         raise CorruptOutputError(f"{path} holds {len(records)} records where the done log "
                                  f"says {expected}", path=str(path))
