@@ -43,6 +43,7 @@ class Reply:
     drop_connection: bool = False
     usage: tuple[int, int] | None = None
     trickle_s: float = 0.0  # spread the body over this many seconds, a few bytes at a time
+    header_trickle_s: float = 0.0  # the same for the status line and headers
 
     @classmethod
     def labels(cls, *slot_ids: str, **kw: Any) -> Reply:
@@ -89,6 +90,12 @@ class Reply:
         """A normal answer whose body trickles in over `seconds`: each read is quick, the
         whole is slow (a per-read timeout never fires)."""
         return cls.labels(*slot_ids, trickle_s=seconds)
+
+    @classmethod
+    def slow_headers(cls, seconds: float, *slot_ids: str) -> Reply:
+        """A normal answer whose status line and headers trickle in over `seconds`, the body
+        then at once: no read waits long, yet the response starts late."""
+        return cls.labels(*slot_ids, header_trickle_s=seconds)
 
 
 Responder = Callable[[dict[str, Any]], Reply]
@@ -177,6 +184,9 @@ class _Handler(BaseHTTPRequestHandler):
         if reply.trickle_s > 0:
             self._trickle(reply)
             return
+        if reply.header_trickle_s > 0:
+            self._trickle_headers(reply)
+            return
         self._send(reply.status, reply.body or b"", reply.headers)
 
     def _trickle(self, reply: Reply, pieces: int = 20) -> None:
@@ -195,6 +205,25 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             self.wfile.write(body[start:start + step])
             self.wfile.flush()
+
+    def _trickle_headers(self, reply: Reply, pieces: int = 20) -> None:
+        """Write the status line and headers in `pieces` spread over `header_trickle_s`, then
+        the body at once."""
+        body = reply.body or b""
+        headers = {"Content-Type": "application/json", **reply.headers,
+                   "Content-Length": str(len(body))}
+        head = (f"HTTP/1.1 {reply.status} OK\r\n"
+                + "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+                + "\r\n").encode()
+        step = max(1, -(-len(head) // pieces))
+        for start in range(0, len(head), step):
+            if self.server.fake._stopping.wait(reply.header_trickle_s / pieces):
+                self.close_connection = True
+                return
+            self.wfile.write(head[start:start + step])
+            self.wfile.flush()
+        self.wfile.write(body)
+        self.wfile.flush()
 
     def do_GET(self) -> None:
         """Serve /v1/models; everything else is 404."""
@@ -235,6 +264,7 @@ class _Handler(BaseHTTPRequestHandler):
                 body=fake._completion_body(payload, reply),
                 headers=reply.headers,
                 trickle_s=reply.trickle_s,
+                header_trickle_s=reply.header_trickle_s,
             )
         self._send_reply(reply)
 
@@ -404,6 +434,7 @@ def faults(hang_s: float = 3.0) -> dict[str, Reply]:
         "too_many": Reply.labels(*(f"C{i:02d}" for i in range(1, 50))),
         "empty_choice": Reply.empty_choice(),
         "slow_stream": Reply.slow_stream(hang_s, "C01"),
+        "slow_headers": Reply.slow_headers(hang_s, "C01"),
     }
 
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
 from prompts.breaker import CircuitBreaker
+from prompts.deadline import DeadlineTransport
 from retrieval.embedder import Embedder
 from retrieval.index import LabelIndex
 from service.api.app import create_app
@@ -36,6 +38,7 @@ EXPECTED: dict[str, tuple[int, str | None]] = {
     "503": (ATTEMPTS, "llm_failed: server_error"),
     "hang": (ATTEMPTS, "llm_failed: timeout"),
     "slow_stream": (ATTEMPTS, "llm_failed: timeout"),
+    "slow_headers": (ATTEMPTS, "llm_failed: timeout"),
     "disconnect": (ATTEMPTS, "llm_failed: connection_error"),
     "invalid_json": (1, "llm_failed: invalid_answer"),
     "schema_violation": (1, "llm_failed: invalid_answer"),
@@ -104,7 +107,7 @@ def test_model_answers_are_validated(no_breaker: Pipeline, fake_llm: FakeOpenAI)
 
 
 @pytest.mark.parametrize("fault", ["429_retry_after", "429", "503", "disconnect", "hang",
-                                   "slow_stream"])
+                                   "slow_stream", "slow_headers"])
 def test_one_transient_fault_is_retried_to_a_full_answer(
         fault: str, no_breaker: Pipeline, fake_llm: FakeOpenAI) -> None:
     fake_llm.enqueue(faults(hang_s=3 * TIMEOUT_S)[fault])
@@ -227,3 +230,17 @@ def test_open_circuit_shows_in_readyz_and_metrics_while_retrieval_serves(
     assert _sample(metrics, "labelrank_llm_circuit", labelrank_llm_circuit="closed") == 0
     assert _sample(metrics, "labelrank_llm_circuit_opens") == 1
 
+
+
+@pytest.mark.parametrize("reply", [Reply.slow_headers(1.5, "C01"), Reply.slow_stream(1.5, "C01"),
+                                   Reply.hang(1.5)], ids=["headers", "body", "hang"])
+def test_the_deadline_covers_the_whole_exchange(reply: Reply, fake_llm: FakeOpenAI) -> None:
+    fake_llm.enqueue(reply, Reply.labels("C02"))
+    with httpx.Client(transport=DeadlineTransport(0.3), timeout=0.3) as client:
+        started = time.perf_counter()
+        with pytest.raises(httpx.TimeoutException):
+            client.post(f"{fake_llm.base_url}/chat/completions", json={"model": "m"})
+        assert time.perf_counter() - started < 0.3 + 0.25  # not 1.5 s: one deadline in total
+        # The next request on the same client gets its own deadline, and its answer.
+        answer = client.post(f"{fake_llm.base_url}/chat/completions", json={"model": "m"})
+        assert answer.json()["choices"][0]["message"]["content"] == '{"labels": ["C02"]}'
