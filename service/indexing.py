@@ -15,6 +15,7 @@ from retrieval.index import SyncReport, label_texts
 from retrieval.pivots import pivot_catalog
 from retrieval.process_embedder import ProcessEmbedder
 from service.factory import build_embedder, build_index, embedder_factory
+from service.locking import writing
 from service.settings import Settings
 
 
@@ -29,9 +30,10 @@ def build_or_update(settings: Settings, catalog_path: Path, example_paths: Seque
 
 def index_catalog(settings: Settings, catalog: Catalog,
                   prune: bool = True) -> tuple[SyncReport, float]:
-    """Sync the index to a validated catalog, with a progress bar; returns (report, seconds)."""
+    """Sync the index to a validated catalog, with a progress bar; returns (report, seconds).
+    Refuses with `index_in_use` while another process serves or indexes the directory."""
     started = time.perf_counter()
-    with _build_embedder(settings, catalog) as embedder:
+    with writing(settings, "index"), _build_embedder(settings, catalog) as embedder:
         index = build_index(settings, embedder)
         dropped = 0
         if settings.max_examples_per_label:

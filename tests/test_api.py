@@ -26,7 +26,7 @@ from retrieval.embedder import Embedder
 from retrieval.index import LabelIndex, chroma_client
 from service.api.app import create_app
 from service.api.microbatch import MicroBatcher
-from service.api.state import DirectoryBusyError
+from service.locking import DirectoryBusyError
 from service.results import ClassifyResult
 from service.settings import Settings
 from tests.conftest import MINI_CATALOG, make_settings

@@ -6,7 +6,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import IO, Any
 
 from prompts.selector import LLMSelector
@@ -19,34 +18,12 @@ from service.api.prometheus import Metrics
 from service.engine import Engine, open_engine
 from service.factory import build_embedder
 from service.labels import LiveLabels
+from service.locking import hold_directory
 from service.pipeline import ClassifyOptions, Pipeline
 from service.results import Outcome
 from service.settings import Settings
 
 log = logging.getLogger("labelrank.api")
-LOCK_NAME = "labelrank-serve.lock"
-
-
-class DirectoryBusyError(LabelrankError):
-    code = "index_in_use"
-    status = 503
-
-
-def hold_directory(db: Path) -> IO[str]:
-    """Take an exclusive lock on an embedded index directory, or fail at once."""
-    import fcntl
-
-    db.mkdir(parents=True, exist_ok=True)
-    handle = (db / LOCK_NAME).open("a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise DirectoryBusyError(
-            f"the embedded index {db} is already served by another process; Chroma's embedded "
-            "mode is not safe for several writer processes: run one worker, or use a Chroma "
-            "server (LABELRANK_CHROMA_HOST) for several", path=str(db)) from None
-    return handle
 
 
 class ServiceState:
@@ -80,7 +57,7 @@ class ServiceState:
     def claim_directory(self) -> None:
         """Embedded mode: take the index directory for this process, or fail at startup."""
         if not self.server_mode:
-            self._dir_lock = hold_directory(self.settings.db)
+            self._dir_lock = hold_directory(self.settings.db, "serve")
 
     def load(self) -> None:
         """Build embedder, index and pipeline (blocking: run it in a worker thread)."""
