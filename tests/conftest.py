@@ -7,15 +7,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import APIRouter
+from fastapi.testclient import TestClient
 
 from retrieval.catalog import load_catalog
-from retrieval.embedder import SentenceTransformerEmbedder
+from retrieval.embedder import Embedder, SentenceTransformerEmbedder
 from retrieval.index import LabelIndex, chroma_client
+from service.api.app import create_app
 from service.factory import build_pipeline
 from service.pipeline import Pipeline
 from service.settings import Settings
@@ -113,3 +116,39 @@ def chroma_server(tmp_path: Path) -> Iterator[tuple[str, int]]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def api_settings(tmp_path: Path, **overrides: object) -> Settings:
+    """Settings tuned for the mini catalog (as in test_pipeline.py)."""
+    return make_settings(tmp_path, top_k=5, threshold=0.35, relative_threshold=0.3,
+                         **overrides)
+
+
+def wait_ready(client: TestClient | httpx.Client, timeout: float = 60) -> dict:
+    """Poll /readyz until 200."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = client.get("/readyz")
+        if answer.status_code == 200 or time.monotonic() > deadline:
+            assert answer.status_code == 200, answer.text
+            return answer.json()
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def make_client(tmp_path: Path, mini_index: LabelIndex,
+                embedder: Embedder) -> Iterator[Callable[..., TestClient]]:
+    """Builds in-process clients over the mini index; settings overrides as keywords."""
+    clients: list[TestClient] = []
+
+    def make(extra_routers: Sequence[APIRouter] = (), **overrides: object) -> TestClient:
+        app = create_app(api_settings(tmp_path, **overrides), load_embedder=lambda: embedder,
+                         extra_routers=extra_routers)
+        client = TestClient(app).__enter__()
+        clients.append(client)
+        wait_ready(client)
+        return client
+
+    yield make
+    for client in reversed(clients):
+        client.__exit__(None, None, None)

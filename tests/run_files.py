@@ -10,16 +10,7 @@ from eval.run import EvalConfig, run_eval, save_run
 from retrieval.index import LabelIndex
 from service.engine import open_engine
 from tests.conftest import make_settings
-
-GOLD = [
-    {"id": "1", "text": "my kitten bites my hands", "labels": ["pets.cats"]},
-    {"id": "2", "text": "the puppy chewed my shoes", "labels": ["pets.dogs"]},
-    {"id": "3", "text": "when is the tax filing deadline", "labels": ["money.taxes"]},
-    {"id": "4", "text": "how long should bread proof", "labels": ["food.baking"]},
-    {"id": "5", "text": "the moons of jupiter are icy", "labels": []},
-    {"id": "6", "text": "my dog drank my cold brew coffee",
-     "labels": ["pets.dogs", "food.coffee"]},
-]
+from tests.test_eval import GOLD
 
 LOOSE, STRICT = 0.3, 0.6  # the strict run loses labels the loose one found
 

@@ -28,28 +28,10 @@ from service.api.app import create_app
 from service.api.microbatch import MicroBatcher
 from service.locking import DirectoryBusyError
 from service.results import ClassifyResult
-from service.settings import Settings
-from tests.conftest import MINI_CATALOG, make_settings
+from tests.conftest import MINI_CATALOG, api_settings, wait_ready
 from tests.fake_openai import FakeOpenAI, Reply
 
 RETRIEVAL = {"mode": "retrieval"}
-
-
-def api_settings(tmp_path: Path, **overrides: object) -> Settings:
-    """Settings tuned for the mini catalog (as in test_pipeline.py)."""
-    return make_settings(tmp_path, top_k=5, threshold=0.35, relative_threshold=0.3,
-                         **overrides)
-
-
-def wait_ready(client: TestClient | httpx.Client, timeout: float = 60) -> dict:
-    """Poll /readyz until 200."""
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = client.get("/readyz")
-        if answer.status_code == 200 or time.monotonic() > deadline:
-            assert answer.status_code == 200, answer.text
-            return answer.json()
-        time.sleep(0.05)
 
 
 @contextmanager
@@ -71,24 +53,6 @@ def serve(app: FastAPI) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=15)
         sock.close()
-
-
-@pytest.fixture
-def make_client(tmp_path: Path, mini_index: LabelIndex,
-                embedder: Embedder) -> Iterator[Callable[..., TestClient]]:
-    """Builds in-process clients over the mini index; settings overrides as keywords."""
-    clients: list[TestClient] = []
-
-    def make(**overrides: object) -> TestClient:
-        app = create_app(api_settings(tmp_path, **overrides), load_embedder=lambda: embedder)
-        client = TestClient(app).__enter__()
-        clients.append(client)
-        wait_ready(client)
-        return client
-
-    yield make
-    for client in reversed(clients):
-        client.__exit__(None, None, None)
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ import contextlib
 import html
 import os
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,31 +22,14 @@ from eval.cli import app as cli_app
 from eval.compare import flips
 from eval.console_runs import runs_routers
 from eval.run import load_run
-from retrieval.embedder import Embedder
 from retrieval.index import LabelIndex
-from service.api.app import create_app
 from service.cli import serve
 from service.console.pages import console_router
-from service.settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import api_settings
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.run_files import two_runs
 
 KEY = "console-test-key-4f9c2a7e"
-
-
-def api_settings(tmp_path: Path, **overrides: object) -> Settings:
-    """Settings tuned for the mini catalog (as in test_api.py)."""
-    return make_settings(tmp_path, top_k=5, threshold=0.35, relative_threshold=0.3,
-                         **overrides)
-
-
-def wait_ready(client: TestClient, timeout_s: float = 60) -> None:
-    """Poll /readyz until the pipeline has loaded."""
-    deadline = time.monotonic() + timeout_s
-    while client.get("/readyz").status_code != 200:
-        assert time.monotonic() < deadline, "the app did not load"
-        time.sleep(0.05)
 
 
 def run_cli(*args: str, cwd: Path) -> Result:
@@ -64,23 +46,11 @@ def runs(tmp_path: Path, readonly_index: LabelIndex) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def make_console(tmp_path: Path, mini_index: LabelIndex, embedder: Embedder,
-                 runs: tuple[Path, Path]) -> Iterator[Callable[..., TestClient]]:
+def make_console(make_client: Callable[..., TestClient],
+                 runs: tuple[Path, Path]) -> Callable[..., TestClient]:
     """In-process clients of the whole served app: API, console and Runs pages."""
-    clients: list[TestClient] = []
-
-    def make(**overrides: object) -> TestClient:
-        routers = [console_router(), *runs_routers(runs[0].parent)]
-        app = create_app(api_settings(tmp_path, **overrides), load_embedder=lambda: embedder,
-                         extra_routers=routers)
-        client = TestClient(app).__enter__()
-        clients.append(client)
-        wait_ready(client)
-        return client
-
-    yield make
-    for client in reversed(clients):
-        client.__exit__(None, None, None)
+    return lambda **overrides: make_client(
+        extra_routers=[console_router(), *runs_routers(runs[0].parent)], **overrides)
 
 
 @pytest.fixture
