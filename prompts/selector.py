@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import email.utils
+import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import openai
@@ -144,6 +145,7 @@ class LLMSelector:
         self._backoff = wait_exponential_jitter(multiplier=0.5, max=config.max_wait_s)
         self.dialect: ResponseFormat = (DIALECTS[0] if config.response_format == "auto"
                                         else config.response_format)
+        self._dialect_lock = threading.Lock()
 
     def prompt(self, text: str, options: Sequence[Option], max_labels: int) -> RenderedPrompt:
         """The exact prompt `select` would send."""
@@ -151,9 +153,11 @@ class LLMSelector:
         return render(self.template, text, options, max_labels,
                       max_text_tokens=cfg.max_text_tokens, max_prompt_tokens=cfg.max_prompt_tokens)
 
-    def request(self, rendered: RenderedPrompt) -> dict:
-        """The chat completion request body for a rendered prompt."""
+    def request(self, rendered: RenderedPrompt, dialect: ResponseFormat | None = None) -> dict:
+        """The chat completion request body for a rendered prompt (in the dialect learnt so far,
+        unless one is given)."""
         cfg = self.config
+        dialect = dialect or self.dialect
         body: dict = {
             "model": cfg.model,
             "messages": [{"role": "system", "content": rendered.system},
@@ -161,10 +165,10 @@ class LLMSelector:
             "temperature": cfg.temperature,
         }
         schema = answer_schema(max(cfg.schema_slots, len(rendered.slots)))
-        if self.dialect == "json_schema":
+        if dialect == "json_schema":
             body["response_format"] = {"type": "json_schema", "json_schema": {
                 "name": "label_choice", "strict": True, "schema": schema}}
-        elif self.dialect == "json_object":
+        elif dialect == "json_object":
             # llama.cpp and several other servers take the schema inside json_object and compile
             # it to a grammar per request, so a label limit there costs nothing and stops a
             # small model from listing every slot.
@@ -198,23 +202,41 @@ class LLMSelector:
             self.breaker.record(ok)
 
     def _select_any_dialect(self, rendered: RenderedPrompt, max_labels: int) -> Selection:
+        """A refused dialect is asked again at once in the next one: the refusal says nothing
+        about the text, so it must not cost the text its answer (nor count as a retry)."""
+        dialect, refused = self.dialect, 0
         while True:
             try:
-                return self._select(rendered, max_labels)
+                selection = self._select(rendered, max_labels, dialect)
             except LLMError as exc:
-                if not (exc.reason == "format_rejected" and self._step_down()):
+                weaker = self._after_refusal(dialect) if exc.reason == "format_rejected" else None
+                if weaker is None:
+                    if refused:
+                        raise LLMError(exc.message, exc.reason, exc.attempts + refused) from exc
                     raise
+                dialect, refused = weaker, refused + exc.attempts
+                continue
+            return replace(selection, attempts=selection.attempts + refused)
 
-    def _step_down(self) -> bool:
-        """Under `auto`, move to the next weaker dialect; False when there is none."""
-        position = DIALECTS.index(self.dialect)
-        if self.config.response_format != "auto" or position + 1 >= len(DIALECTS):
-            return False
-        self.dialect = DIALECTS[position + 1]
-        return True
+    def _after_refusal(self, refused: ResponseFormat) -> ResponseFormat | None:
+        """Under `auto`, the dialect to ask in after a server refused `refused`; None when
+        there is no weaker one."""
+        if self.config.response_format != "auto":
+            return None
+        with self._dialect_lock:
+            # Concurrent requests all sent the old dialect and all get refused: only the first
+            # refusal steps down, the others follow it (stepping once each went past a dialect
+            # the server takes).
+            if self.dialect == refused:
+                position = DIALECTS.index(refused)
+                if position + 1 >= len(DIALECTS):
+                    return None
+                self.dialect = DIALECTS[position + 1]
+            return self.dialect
 
-    def _select(self, rendered: RenderedPrompt, max_labels: int) -> Selection:
-        body = self.request(rendered)
+    def _select(self, rendered: RenderedPrompt, max_labels: int,
+                dialect: ResponseFormat) -> Selection:
+        body = self.request(rendered, dialect)
         started = time.perf_counter()
         retrying = Retrying(
             retry=retry_if_exception(is_transient),

@@ -92,6 +92,14 @@ class Reply:
         return cls.labels(*slot_ids, trickle_s=seconds)
 
     @classmethod
+    def format_refused(cls) -> Reply:
+        """What llama.cpp's server answers an OpenAI `json_schema` response_format: an HTTP
+        500 carrying the request validation error."""
+        return cls.error(500, message=(
+            "[{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), 'msg': "
+            "\"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}]"))
+
+    @classmethod
     def slow_headers(cls, seconds: float, *slot_ids: str) -> Reply:
         """A normal answer whose status line and headers trickle in over `seconds`, the body
         then at once: no read waits long, yet the response starts late."""
@@ -415,6 +423,17 @@ class FakeOpenAI:
             },
         }
         return json.dumps(data).encode()
+
+
+def like_llama_cpp(answer: Reply | Responder) -> Responder:
+    """Answer like `answer`, except that `json_schema` requests are refused as llama.cpp does."""
+
+    def respond(payload: dict[str, Any]) -> Reply:
+        if (payload.get("response_format") or {}).get("type") == "json_schema":
+            return Reply.format_refused()
+        return answer(payload) if callable(answer) else answer
+
+    return respond
 
 
 def faults(hang_s: float = 3.0) -> dict[str, Reply]:

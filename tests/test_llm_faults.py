@@ -4,6 +4,7 @@ breaker stops calling an endpoint that keeps failing."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from service.factory import build_pipeline
 from service.pipeline import ClassifyOptions, Pipeline
 from service.results import ClassifyResult, ItemError
 from tests.conftest import make_settings
-from tests.fake_openai import FakeOpenAI, Reply, faults, with_faults
+from tests.fake_openai import FakeOpenAI, Reply, faults, like_llama_cpp, with_faults
 from tests.test_api import _sample, wait_ready
 from tests.test_llm_selection import slot_of
 
@@ -244,3 +245,25 @@ def test_the_deadline_covers_the_whole_exchange(reply: Reply, fake_llm: FakeOpen
         # The next request on the same client gets its own deadline, and its answer.
         answer = client.post(f"{fake_llm.base_url}/chat/completions", json={"model": "m"})
         assert answer.json()["choices"][0]["message"]["content"] == '{"labels": ["C02"]}'
+
+
+def test_the_first_wave_meets_the_format_refusal_and_still_gets_llm_answers(
+        tmp_path: Path, readonly_index: LabelIndex, fake_llm: FakeOpenAI) -> None:
+    pipeline = fault_pipeline(tmp_path, readonly_index, fake_llm, llm_concurrency=8)
+    first_wave = threading.Barrier(8, timeout=30)
+    llama = like_llama_cpp(lambda req: Reply.labels(slot_of(req, "Cats")))
+
+    def respond(request: dict) -> Reply:
+        if request["response_format"]["type"] == "json_schema":
+            first_wave.wait()  # all eight are in flight before the first refusal comes back
+        return llama(request)
+
+    fake_llm.default = respond
+    outcomes = pipeline.classify_batch([TEXT] * 8, LLM)
+    for result in outcomes:
+        assert isinstance(result, ClassifyResult)
+        assert result.mode == "llm" and not result.degraded, result.reason
+        assert [lab.id for lab in result.labels] == ["pets.cats"]
+        assert result.llm_attempts == 2  # the refused request and the answered one
+    kinds = [(r.get("response_format") or {}).get("type") for r in fake_llm.requests]
+    assert kinds == ["json_schema"] * 8 + ["json_object"] * 8  # nobody stepped down twice

@@ -15,14 +15,14 @@ def serve_local(
     import signal
     import time
 
-    from prompts.local_llm import MODEL_ALIAS, LocalLLMServer
+    from prompts.local_llm import MODEL_ALIAS, LocalLLMServer, client_env
 
     # A plain `kill` must also stop the engine, not orphan it.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server = LocalLLMServer(port=port).start()
-    typer.echo(f"llama.cpp is serving {MODEL_ALIAS} on {server.base_url}; point labelrank at it:\n"
-               f"  export LABELRANK_LLM_BASE_URL={server.base_url} LABELRANK_LLM_API_KEY=local "
-               f"LABELRANK_LLM_MODEL={MODEL_ALIAS} LABELRANK_LLM_MAX_ANSWER_TOKENS=64\n"
+    exports = " ".join(f"{name}={value}" for name, value in client_env(server.base_url).items())
+    typer.echo(f"llama.cpp is serving {MODEL_ALIAS} on {server.base_url}; point labelrank at it "
+               f"(one request at a time, each allowed up to the timeout):\n  export {exports}\n"
                "Ctrl-C stops it.", err=True)
     try:
         while True:
