@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,12 +13,14 @@ import pytest
 from retrieval.catalog import Catalog, Label, load_catalog
 from retrieval.embedder import SentenceTransformerEmbedder, resolve_model_path
 from retrieval.errors import CatalogError, EmptyIndexError, IndexMismatchError, UnknownLabelError
-from retrieval.index import LabelIndex, chroma_client, label_texts
+from retrieval.index import LabelIndex, chroma_client, label_of, label_texts
 from service.factory import build_index, build_pipeline
 from service.indexing import build_or_update
 from service.pipeline import ClassifyOptions
 from service.settings import Settings
 from tests.conftest import MINI_CATALOG, make_settings
+
+ROOT = Path(__file__).resolve().parents[1]
 
 VOLCANO = Label(id="geo.volcanoes", name="Volcanoes",
                 description="Eruptions, lava and volcanic activity.",
@@ -144,3 +148,44 @@ def test_saved_calibration_applies_unless_set_explicitly(tmp_path: Path,
     assert (pipeline.threshold.min_similarity, pipeline.threshold.max_labels) == (0.77, 2)
     explicit = build_pipeline(make_settings(tmp_path, threshold=0.1), index=mini_index)
     assert (explicit.threshold.min_similarity, explicit.threshold.max_labels) == (0.1, 2)
+
+
+DELETE_ELSEWHERE = """
+import sys
+from types import SimpleNamespace
+from retrieval.index import LabelIndex, chroma_client
+embedder = SimpleNamespace(name=sys.argv[2], dim=int(sys.argv[3]))
+LabelIndex(chroma_client(sys.argv[1]), embedder).delete([sys.argv[4]])
+"""
+
+
+def test_a_graph_hit_whose_rows_a_concurrent_write_deleted_is_skipped(
+        tmp_path: Path, embedder: SentenceTransformerEmbedder) -> None:
+    # The interleaving the soak met by chance, made on purpose: this process's graph has loaded
+    # the label's vectors, another process deletes the label, and the next search here finds
+    # the vectors in the graph with no rows behind them (as a search does when a write deletes
+    # rows between Chroma's graph search and its row look-up).
+    settings = make_settings(tmp_path, top_k=5, threshold=0.3)
+    index = build_index(settings, embedder)
+    index.sync(load_catalog(MINI_CATALOG))
+    query = embedder.embed(["my kitten keeps biting my fingers"])
+    assert index.search(query, 5)[0][0].label_id == "pets.cats"  # the graph is in memory now
+
+    subprocess.run([sys.executable, "-c", DELETE_ELSEWHERE, str(settings.db), embedder.name,
+                    str(embedder.dim), "pets.cats"], cwd=ROOT, check=True)
+
+    ids, _ = index.nearest_ids(query, 5)
+    assert any(label_of(vid) == "pets.cats" for vid in ids[0])  # the graph still has them
+    hits = index.search(query, 5)[0]
+    assert hits and "pets.cats" not in {hit.label_id for hit in hits}
+    assert [hit.rank for hit in hits] == list(range(1, len(hits) + 1))
+    # Labels reread (as the writer's own are after its delete), graph as it was: classify
+    # answers, with or without evidence texts, and never with the deleted label.
+    current = LabelIndex(chroma_client(settings.db), embedder)
+    assert "pets.cats" not in current.labels
+    for llm_evidence in (True, False):
+        pipeline = build_pipeline(settings, index=current)
+        pipeline.retriever.evidence = llm_evidence
+        result = pipeline.classify("my kitten keeps biting my fingers",
+                                   ClassifyOptions("retrieval"))
+        assert "pets.cats" not in {c.id for c in result.candidates}
