@@ -58,35 +58,49 @@ def compare(
 
 
 def calibrate(
-    dataset: DatasetArg,
+    dataset: Annotated[Path | None, typer.Argument(
+        help="Gold JSONL: {text, labels: [...]} per line (or --self).")] = None,
     db: DbOpt = None,
+    self_: Annotated[bool, typer.Option(
+        "--self", help="Calibrate on pseudo-queries made from the catalog, no labeled data.")
+    ] = False,
     metric: Annotated[str, typer.Option(
         help="auto (accuracy for single-label, else f1_samples), f1_samples, jaccard, "
              "accuracy, f1_micro or candidate_recall")] = "auto",
     top_k: TopKOpt = None,
+    min_texts_per_s: Annotated[float | None, typer.Option(
+        "--min-texts-per-s", help="Never choose a setting slower than this "
+        "(default: LABELRANK_CALIBRATION_MIN_TEXTS_PER_S).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show, do not save.")] = False,
     half: HalfOpt = None,
 ) -> None:
-    """Choose aggregation, threshold and label limit on a dev set; save them with the index."""
+    """Search every retrieval lever and the threshold on a dev set (labeled, or made from the
+    catalog with --self); print each setting's score and texts/s; save the best with the index."""
     from eval.calibrate import calibrate as run_calibration
-    from eval.calibrate import calibration_record
+    from eval.calibrate import format_calibrations, labeled_record
     from eval.datasets import load_dataset
     from service.engine import open_engine
+    from service.self_calibration import self_calibrate, summary
 
-    pipeline = open_engine(settings_from(db)).pipeline
-    data = load_dataset(dataset, half=half)
-    best, per_aggregation = run_calibration(pipeline, data, metric, top_k)
-    typer.echo(f"{'retrieval':<34}{best.metric:>18}{'cand. recall':>14}  threshold")
-    for cal in per_aggregation:
-        mark = " <-" if cal is best else ""
-        rule = cal.threshold
-        typer.echo(f"{cal.describe():<34}{cal.value:>18.4f}{cal.candidate_recall:>14.4f}"
-                   f"  sim>={rule.min_similarity:.2f} rel>={rule.relative:.2f}"
-                   f"{' (of branch top)' if rule.per_branch else ''} "
-                   f"max={rule.max_labels}{mark}")
+    if (dataset is None) == (not self_):
+        raise typer.BadParameter("give a labeled DATASET or --self, not both")
+    engine = open_engine(settings_from(db))
+    floor = (engine.settings.calibration_min_texts_per_s if min_texts_per_s is None
+             else min_texts_per_s)
+    if dataset is None:
+        found = self_calibrate(engine.settings, engine.index, min_texts_per_s=floor)
+        best, results, record = found.best, found.results, found.record
+        typer.echo(summary(found), err=True)
+    else:
+        data = load_dataset(dataset, half=half)
+        best, results = run_calibration(engine.pipeline, data, metric, top_k,
+                                        min_texts_per_s=floor)
+        record = labeled_record(best, data)
+    if best is not None:
+        typer.echo(format_calibrations(best, results))
     if not dry_run:
-        pipeline.index.save_calibration(calibration_record(best, data))
-        typer.echo(f"\nsaved with the index: {best.settings()}")
+        engine.index.save_calibration(record)
+        typer.echo(f"\nsaved with the index ({record['source']}): {record['settings']}")
 
 
 def report(

@@ -131,47 +131,68 @@ def load_catalog(path: str | Path) -> Catalog:
     return Catalog(labels)
 
 
-def load_examples(path: str | Path, catalog: Catalog) -> dict[str, list[str]]:
-    """Read labeled texts (JSONL `{text, labels}` or CSV `label_id,text`) as examples per label."""
+@dataclass(frozen=True)
+class SkippedRow:
+    """An example row left out: its file, line and what was wrong with it."""
+
+    path: str
+    line: int
+    problem: str
+
+    def __str__(self) -> str:
+        return f"{Path(self.path).name}:{self.line}: {self.problem}"
+
+
+def load_examples(path: str | Path, catalog: Catalog,
+                  skipped: list[SkippedRow] | None = None) -> dict[str, list[str]]:
+    """Read labeled texts (JSONL `{text, labels}` or CSV `label_id,text`) as examples per label.
+    A bad row (unreadable, no text, no labels, an unknown label id) raises CatalogError, unless
+    `skipped` is given: then the row is left out and listed there."""
     path = Path(path)
     if not path.is_file():
         raise CatalogError(f"examples file not found: {path}", path=str(path))
     examples: dict[str, list[str]] = {}
-    for line_no, label_ids, text in _example_rows(path):
+    for line_no, row in _rows(path, tolerate=skipped is not None):
+        try:
+            label_ids, text = _example(row, path, line_no, catalog)
+        except CatalogError as exc:
+            if skipped is None:
+                raise
+            skipped.append(SkippedRow(str(path), line_no, str(exc).split(": ", 1)[-1]))
+            continue
         for label_id in label_ids:
-            if label_id not in catalog:
-                raise CatalogError(
-                    f"{path.name}:{line_no}: unknown label id {label_id!r}",
-                    path=str(path), line=line_no, field="labels",
-                )
             examples.setdefault(label_id, []).append(text)
     return examples
 
 
-def _example_rows(path: Path) -> Iterator[tuple[int, list[str], str]]:
-    is_csv = path.suffix.lower() == ".csv"
-    for line_no, row in _rows(path):
-        if is_csv:
-            label_ids, text = [str(row.get("label_id") or "").strip()], row.get("text")
-        else:
-            label_ids, text = row.get("labels"), row.get("text")
-            if isinstance(label_ids, str):
-                label_ids = [label_ids]
-        if not isinstance(text, str) or not text.strip():
-            raise CatalogError(
-                f"{path.name}:{line_no}: missing or empty 'text'",
-                path=str(path), line=line_no, field="text",
-            )
-        if not isinstance(label_ids, list) or not all(isinstance(x, str) and x for x in label_ids):
-            raise CatalogError(
-                f"{path.name}:{line_no}: 'labels' must be a list of label ids",
-                path=str(path), line=line_no, field="labels",
-            )
-        yield line_no, label_ids, text.strip()
+def _example(row: dict | str, path: Path, line_no: int,
+             catalog: Catalog) -> tuple[list[str], str]:
+    """One example row's label ids and text, or CatalogError naming the line."""
+    def bad(problem: str, field: str | None = None) -> CatalogError:
+        return CatalogError(f"{path.name}:{line_no}: {problem}", path=str(path), line=line_no,
+                            field=field)
+
+    if isinstance(row, str):  # a line that could not be read at all
+        raise bad(row)
+    if path.suffix.lower() == ".csv":
+        label_ids, text = [str(row.get("label_id") or "").strip()], row.get("text")
+    else:
+        label_ids, text = row.get("labels"), row.get("text")
+        if isinstance(label_ids, str):
+            label_ids = [label_ids]
+    if not isinstance(text, str) or not text.strip():
+        raise bad("missing or empty 'text'", "text")
+    if not isinstance(label_ids, list) or not all(isinstance(x, str) and x for x in label_ids):
+        raise bad("'labels' must be a list of label ids", "labels")
+    for label_id in label_ids:
+        if label_id not in catalog:
+            raise bad(f"unknown label id {label_id!r}", "labels")
+    return label_ids, text.strip()
 
 
-def _rows(path: Path) -> Iterator[tuple[int, dict]]:
-    """The file's records (blank lines skipped, empty CSV cells dropped); a bad line raises."""
+def _rows(path: Path, tolerate: bool = False) -> Iterator[tuple[int, dict | str]]:
+    """The file's records (blank lines skipped, empty CSV cells dropped); a bad line raises,
+    or with `tolerate` comes as the problem's description instead of a record."""
     fmt = format_of(path.name)
     if fmt == "csv":
         with path.open("rb") as raw:
@@ -182,6 +203,9 @@ def _rows(path: Path) -> Iterator[tuple[int, dict]]:
                 else csv_rows(stream, skip_blank=True, short_ok=True))
         for row in rows:
             if row.data is None:
+                if tolerate:
+                    yield row.line, str(row.problem)
+                    continue
                 raise CatalogError(f"{path.name}:{row.line}: {row.problem}",
                                    path=str(path), line=row.line)
             yield row.line, ({k: v for k, v in row.data.items() if v not in (None, "")}

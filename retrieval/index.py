@@ -16,6 +16,7 @@ from retrieval.catalog import Catalog, Label
 from retrieval.embedder import Embedder
 from retrieval.errors import EmptyIndexError, IndexMismatchError, UnknownLabelError
 from retrieval.iterables import chunks
+from retrieval.journal import Journal
 
 SCHEMA_VERSION = 1
 KINDS = ("name", "alias", "description", "example")
@@ -131,6 +132,7 @@ class LabelIndex:
         self._records = client.get_or_create_collection(
             f"{name}-labels", metadata=meta, configuration=config, embedding_function=None)
         self._check_embedder(self._vectors.metadata or {})
+        self._journal = Journal(client, name)
         self._lock = threading.RLock()
         self._labels: dict[str, Label] = {}
         self._hashes: dict[str, str] = {}
@@ -243,6 +245,17 @@ class LabelIndex:
             distances += found["distances"]
         return ids, distances
 
+    def embeddings(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The stored vectors of these vector ids (ids no longer stored are left out). Reading
+        the distinct ids of a batch's hits once costs a fraction of a query returning a vector
+        per hit (sub-queries: 0.5 s against 2.6 s for 200 queries x 50 neighbours)."""
+        vectors: dict[str, np.ndarray] = {}
+        for chunk in chunks(list(dict.fromkeys(ids)), _MAX_ROWS):
+            found = self._vectors.get(ids=chunk, include=["embeddings"])
+            for vid, vector in zip(found["ids"], found["embeddings"], strict=True):
+                vectors[vid] = np.asarray(vector, dtype=np.float32)
+        return vectors
+
     # -- writing -------------------------------------------------------------
 
     def sync(self, catalog: Catalog, progress: ProgressCallback | None = None,
@@ -259,8 +272,7 @@ class LabelIndex:
             removed = sorted(set(stored) - set(catalog.labels)) if prune else []
             self._write_labels(changed, set(stored), report, progress)
             if removed:
-                report.vectors_removed += self._delete_vectors_of(removed)
-                self._records.delete(ids=removed)
+                report.vectors_removed += self._remove(removed)
                 report.labels_removed = len(removed)
             for lab in changed:
                 if lab.id in stored:
@@ -303,12 +315,32 @@ class LabelIndex:
         for label_id in label_ids:
             self.get(label_id)
         with self._lock:
-            removed = self._delete_vectors_of(list(label_ids))
-            self._records.delete(ids=list(label_ids))
+            removed = self._remove(list(label_ids))
             self._remember([], removed=list(label_ids))
             self._set_meta(catalog_hash=self._catalog_hash())
             self._count = self._vectors.count()
             return removed
+
+    def recover(self, older_than_s: float = 0.0) -> int:
+        """Finish the label writes a crash interrupted, each as it was meant to end; returns
+        how many. Only the directory's writer may run it (on a Chroma server: only for writes
+        older than any live one could be, `older_than_s`)."""
+        with self._lock:
+            pending = self._journal.pending(older_than_s)
+            for write in pending:
+                if write.deleted:
+                    self._remove(list(write.deleted))
+                if write.labels:
+                    labels = list(write.labels)
+                    # Every label counts as stored: a half-written new one has vectors too.
+                    plan = self._plan(labels, {label.id for label in labels})
+                    self._store(plan, *self._embed_plan(plan), SyncReport())
+                self._journal.end(write.key)
+            self._reload()
+            if (self._vectors.metadata or {}).get("catalog_hash") != self._catalog_hash():
+                self._set_meta(catalog_hash=self._catalog_hash())
+            self._count = self._vectors.count()
+            return len(pending)
 
     # -- internals -----------------------------------------------------------
 
@@ -360,8 +392,9 @@ class LabelIndex:
 
     def _store(self, plan: _ChunkPlan, vectors: np.ndarray, names: np.ndarray,
                report: SyncReport) -> None:
-        # Vectors first, the label record (with its hash) last: an interrupted run leaves
-        # the label marked stale, so the next run redoes it.
+        # Vectors first, the label record (with its hash) last, all between the journal's
+        # marks: a crash between them is finished by `recover`, so no label stays half new.
+        key = self._journal.begin(labels=tuple(plan.labels))
         for start in range(0, len(plan.new_ids), _WRITE_BATCH):
             ids = plan.new_ids[start:start + _WRITE_BATCH]
             self._vectors.upsert(
@@ -380,6 +413,16 @@ class LabelIndex:
             metadatas=[{"hash": lab.content_hash(), "parent": lab.parent or "",
                         "examples": len(lab.examples)} for lab in plan.labels],
         )
+        self._journal.end(key)
+
+    def _remove(self, label_ids: list[str]) -> int:
+        """Delete labels' vectors and records between the journal's marks; returns the
+        number of vectors removed."""
+        key = self._journal.begin(deleted=tuple(label_ids))
+        removed = self._delete_vectors_of(label_ids)
+        self._records.delete(ids=label_ids)
+        self._journal.end(key)
+        return removed
 
     def _vector_ids_of(self, label_ids: list[str]) -> list[str]:
         if not label_ids:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from retrieval.index import LabelIndex
-from service.factory import build_index, effective_settings, pipeline_for
+from service.factory import build_index, effective_settings, pipeline_for, setting_sources
 from service.labels import LiveLabels
 from service.pipeline import Pipeline
 from service.settings import Settings
@@ -22,6 +22,8 @@ class Engine:
     settings: Settings
     pipeline: Pipeline
     labels: LiveLabels
+    # Per calibrated field: explicit, labeled, self, shape or default (factory.setting_sources).
+    sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def index(self) -> LabelIndex:
@@ -38,7 +40,8 @@ class Engine:
             "assignable_labels": sum(lab.assignable for lab in index.labels.values()),
             "vectors": index.vector_count(), "retrieval": pipeline.retriever.describe(),
             "top_k": pipeline.top_k, "threshold": pipeline.threshold.__dict__,
-            "calibration": index.calibration(), "llm": pipeline.selector is not None,
+            "calibration": index.calibration(), "settings_from": self.sources,
+            "llm": pipeline.selector is not None,
         }
 
 
@@ -48,4 +51,5 @@ def open_engine(settings: Settings, index: LabelIndex | None = None) -> Engine:
     effective = effective_settings(settings, index)
     feedback_log = effective.feedback_log or effective.db / "feedback.jsonl"
     return Engine(effective, pipeline_for(effective, index),
-                  LiveLabels(index, effective.max_text_chars, feedback_log))
+                  LiveLabels(index, effective.max_text_chars, feedback_log),
+                  setting_sources(settings, index))

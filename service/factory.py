@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache, partial
 from pathlib import Path
 
@@ -113,15 +113,47 @@ def build_stages(settings: Settings) -> list[CandidateStage]:
 
 CALIBRATED_FIELDS = ("aggregation", "rrf_k", "max_hits_per_label", "threshold",
                      "relative_threshold", "max_labels", "retrieval_mode", "branch_depth",
-                     "branches", "relative_per_branch")
+                     "branches", "relative_per_branch", "neighbours", "subqueries",
+                     "subquery_weight", "subquery_max_words", "subquery_neighbours",
+                     "lexical_weight")
+# Reciprocal rank over several hits rewards a label for having many vectors near the text: right
+# when those are ~100 examples of an intent, wrong when they are aliases of a name (ESCO).
+SHAPE_MIN_EXAMPLES = 3
+
+
+def shape_default(example_counts: Sequence[int]) -> dict[str, object]:
+    """The aggregation for a catalog of this shape (example texts per label, a sample will do),
+    used until anything is calibrated: reciprocal rank over a label's best 3 hits when most
+    labels have at least SHAPE_MIN_EXAMPLES examples, else max-similarity."""
+    counts = sorted(example_counts)
+    if counts and counts[len(counts) // 2] >= SHAPE_MIN_EXAMPLES:
+        return {"aggregation": "rrf", "rrf_k": 1.0, "max_hits_per_label": 3}
+    return {"aggregation": "max", "rrf_k": 1.0, "max_hits_per_label": 1}
 
 
 def effective_settings(settings: Settings, index: LabelIndex) -> Settings:
     """Settings with the index's calibration applied where the user set nothing explicitly."""
-    calibrated = (index.calibration() or {}).get("settings", {})
-    updates = {name: value for name, value in calibrated.items()
-               if name in CALIBRATED_FIELDS and name not in settings.model_fields_set}
+    updates = {name: value for name, value in _saved(index).items()
+               if name not in settings.model_fields_set}
     return settings.model_copy(update=updates) if updates else settings
+
+
+def setting_sources(settings: Settings, index: LabelIndex) -> dict[str, str]:
+    """Where each calibrated field of the effective settings comes from: `explicit` (env,
+    `.env` or a flag), the dev set of the saved calibration (`labeled`, `self`), the catalog's
+    `shape`, or the built-in `default`."""
+    record = index.calibration() or {}
+    saved = _saved(index)
+    # Records written before sources were kept came from labeled data.
+    sources = record.get("sources") or dict.fromkeys(saved, "labeled")
+    return {name: "explicit" if name in settings.model_fields_set
+            else sources.get(name, "labeled") if name in saved else "default"
+            for name in CALIBRATED_FIELDS}
+
+
+def _saved(index: LabelIndex) -> dict[str, object]:
+    calibrated = (index.calibration() or {}).get("settings", {})
+    return {name: value for name, value in calibrated.items() if name in CALIBRATED_FIELDS}
 
 
 def build_pipeline(settings: Settings, index: LabelIndex | None = None) -> Pipeline:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from retrieval.catalog import Catalog, load_catalog, load_examples
+from retrieval.catalog import Catalog, SkippedRow, load_catalog, load_examples
 from retrieval.embedder import Embedder
 from retrieval.index import SyncReport, label_texts
 from retrieval.pivots import pivot_catalog
@@ -20,11 +20,13 @@ from service.settings import Settings
 
 
 def build_or_update(settings: Settings, catalog_path: Path, example_paths: Sequence[Path],
-                    prune: bool = True) -> tuple[SyncReport, float]:
-    """Validate the catalog and examples completely, then sync the index; returns (report, s)."""
+                    prune: bool = True,
+                    skipped: list[SkippedRow] | None = None) -> tuple[SyncReport, float]:
+    """Validate the catalog and examples completely, then sync the index; returns (report, s).
+    A bad example row stops the run too, unless `skipped` is given to collect it."""
     catalog = load_catalog(catalog_path)
     for path in example_paths:
-        catalog = catalog.with_examples(load_examples(path, catalog))
+        catalog = catalog.with_examples(load_examples(path, catalog, skipped))
     return index_catalog(settings, catalog, prune=prune)
 
 

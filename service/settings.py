@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     retrieval_mode: Literal["flat", "branch"] = "flat"
     branch_depth: int = Field(0, ge=0, le=32)
     branches: int = Field(3, ge=1, le=100)
+    self_calibration_texts: int = Field(400, ge=0)
+    calibration_min_texts_per_s: float = Field(0.0, ge=0)
 
     # Choosing among candidates: auto (the LLM when an endpoint is set), llm, none, or any name
     # in service.registry.SELECTORS.

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from eval.calibrate import Calibration, Shortlists, beats_flat, best_threshold, calibrate
+from eval.calibrate import calibrate
 from eval.compare import flips, render_comparison
 from eval.datasets import DatasetError, load_dataset
 from eval.metrics import evaluate
 from eval.report import plot_runs
 from eval.run import EvalConfig, load_run, run_eval, save_run
 from retrieval.branches import BranchConfig
+from retrieval.calibration import Calibration, ShortlistMatrix, beats_flat, best_threshold
 from retrieval.decision import Threshold, choose
 from retrieval.fusion import Aggregation, Candidate
 from retrieval.index import LabelIndex
@@ -135,7 +136,7 @@ def planted_shortlists(seed: int = 7) -> tuple[list[list[Candidate]], list[list[
 
 def test_calibration_recovers_a_planted_threshold() -> None:
     shortlists, gold = planted_shortlists()
-    rule, value = best_threshold(Shortlists(shortlists, gold), "accuracy", [1, 2])
+    rule, value = best_threshold(ShortlistMatrix(shortlists, gold), "accuracy", [1, 2])
     assert value == 1.0 and rule.max_labels == 1
     assert 0.55 <= rule.min_similarity <= 0.65
 
@@ -156,17 +157,22 @@ def test_fast_scorer_agrees_with_the_metrics_module(metric: str) -> None:
     if metric == "accuracy":
         expected["accuracy"] = sum(set(p[:1]) == set(g) for g, p in zip(gold, predicted,
                                                                           strict=True)) / 150
-    assert Shortlists(shortlists, gold).score(rule, metric) == pytest.approx(expected[metric])
+    assert ShortlistMatrix(shortlists, gold).score(rule, metric) == pytest.approx(expected[metric])
 
 
 def test_calibrate_on_a_real_index_refuses_test_splits(tmp_path: Path, mini_index: LabelIndex,
                                                        dataset_path: Path) -> None:
     pipeline = build_pipeline(make_settings(tmp_path), index=mini_index)
     best, table = calibrate(pipeline, load_dataset(dataset_path))
-    # 13 aggregations, then branch mode over the roots with 1, 2, 3 and 5 branches kept
-    assert best.metric == "f1_samples" and len(table) == 13 + 4
-    assert [c.branching.branches for c in table[13:]] == [1, 2, 3, 5]  # type: ignore[union-attr]
-    assert best.value >= max(c.value for c in table[:13])
+    flat = [c for c in table if not (c.subqueries or c.lexical_weight or c.branching)]
+    # every aggregation at every neighbour depth, then lexical, sub-queries, branch mode
+    assert best.metric == "f1_samples" and len(flat) == 13 * 3
+    assert {c.neighbours for c in flat} == {50, 100, 200}
+    assert any(c.lexical_weight for c in table) and any(c.subqueries for c in table)
+    branches = [c.branching.branches for c in table if c.branching]
+    assert branches == [1, 2, 3, 5]
+    assert best.value >= max(c.value for c in flat)
+    assert all(c.texts_per_s > 0 and c.n == len(GOLD) for c in table)
     assert best.settings()["retrieval_mode"] == ("branch" if best.branching else "flat")
     test_split = dataset_path.with_name("test.jsonl")
     test_split.write_text(dataset_path.read_text())

@@ -38,7 +38,6 @@ def test_subqueries_find_every_label_a_terse_text_names(tmp_path: Path,
 def test_each_vector_is_scored_exactly_and_a_label_takes_its_best() -> None:
     import numpy as np
 
-    from retrieval.index import Hit
     from retrieval.subqueries import fuse_subqueries
 
     def unit(*xs: float) -> np.ndarray:
@@ -46,13 +45,12 @@ def test_each_vector_is_scored_exactly_and_a_label_takes_its_best() -> None:
         return v / np.linalg.norm(v)
 
     query, part = unit(1, 0, 0), unit(0, 1, 0)
-    # "a" has one vector close to the text and another close to the part; "b" one vector
-    # halfway. Scoring per label (best whole + best part) would rank "a" first; per vector, "b".
+    # "a" (0) has one vector close to the text and another close to the part; "b" (1) one
+    # vector halfway. Scoring per label (best whole + best part) would rank "a" first; per
+    # vector, "b".
     a1, a2, b1 = unit(1, 0.05, 0), unit(0.05, 1, 0), unit(1, 1, 0)
-    whole = [Hit("a", "name", "a1", float(a1 @ query), 1, a1),
-             Hit("b", "name", "b1", float(b1 @ query), 2, b1)]
-    parts = [[Hit("a", "alias", "a2", float(a2 @ part), 1, a2)]]
-    out = fuse_subqueries(whole, parts, query, np.stack([part]), 0.5, 5, {"a", "b"})
-    assert [c.label_id for c in out] == ["b", "a"]
+    out = fuse_subqueries(np.array([0, 0, 1]), np.stack([a1, a2, b1]), query,
+                          np.stack([part]), 0.5, 5)
+    assert [label for label, _ in out] == [1, 0]
     expected_b = 0.5 * float(b1 @ query) + 0.5 * float(b1 @ part)
-    assert out[0].score == pytest.approx(expected_b, abs=1e-6)
+    assert out[0][1] == pytest.approx(expected_b, abs=1e-6)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from eval.calibrate import Shortlists
 from retrieval.branches import BranchConfig, BranchStage, within_branches
+from retrieval.calibration import ShortlistMatrix
 from retrieval.catalog import Label
 from retrieval.decision import Threshold, choose
 from retrieval.embedder import Embedder
@@ -175,7 +175,7 @@ def test_per_branch_relative_threshold_keeps_a_second_branch() -> None:
     assert [c.label_id for c in choose(cands, overall, branch)] == ["e"]
     # a.b.c leads its own branch; a.b.d has a third of that branch's top score
     assert [c.label_id for c in choose(cands, per_branch, branch)] == ["e", "a.b.c"]
-    matrices = Shortlists([cands], [["e", "a.b.c"]], branch)
+    matrices = ShortlistMatrix([cands], [["e", "a.b.c"]], branch)
     assert matrices.score(per_branch, "f1_samples") == 1.0
     assert matrices.score(overall, "f1_samples") == pytest.approx(2 / 3)
 

@@ -10,6 +10,8 @@ import typer
 
 from service.cli.common import DbOpt, settings_from
 
+SHOWN_SKIPPED = 10
+
 
 def index(
     catalog: Annotated[Path, typer.Argument(help="Catalog, JSONL or CSV.")],
@@ -17,11 +19,21 @@ def index(
         "--examples", "-e", help="Labeled JSONL/CSV whose texts become examples.")] = None,
     db: DbOpt = None,
     prune: Annotated[bool, typer.Option(help="Remove labels that are not in the catalog.")] = True,
+    strict: Annotated[bool, typer.Option(
+        "--strict", help="Stop on a bad example row instead of skipping it.")] = False,
 ) -> None:
-    """Build or update the index from a catalog (only what changed is re-embedded)."""
+    """Build or update the index from a catalog (only what changed is re-embedded), then let
+    the catalog calibrate the retrieval settings (LABELRANK_SELF_CALIBRATION_TEXTS=0: off)."""
+    from retrieval.catalog import SkippedRow
+    from service.factory import build_index
     from service.indexing import build_or_update
+    from service.locking import writing
+    from service.self_calibration import calibrate_after_index
 
-    report, seconds = build_or_update(settings_from(db), catalog, examples or [], prune=prune)
+    settings = settings_from(db)
+    skipped: list[SkippedRow] | None = None if strict else []
+    report, seconds = build_or_update(settings, catalog, examples or [], prune=prune,
+                                      skipped=skipped)
     rate = report.vectors_added / seconds if seconds else 0.0
     typer.echo(
         f"labels: +{report.labels_added} ~{report.labels_updated} -{report.labels_removed} "
@@ -29,6 +41,15 @@ def index(
         f" (total {report.vectors_total}); {seconds:.1f} s, {rate:.0f} texts/s", err=True)
     if report.examples_left_out:
         typer.echo(f"examples left out (not pivots): {report.examples_left_out}", err=True)
+    if skipped:
+        shown = "".join(f"\n  {row}" for row in skipped[:SHOWN_SKIPPED])
+        more = f"\n  ... and {len(skipped) - SHOWN_SKIPPED} more" \
+            if len(skipped) > SHOWN_SKIPPED else ""
+        typer.echo(f"example rows skipped: {len(skipped)} (--strict stops on them){shown}{more}",
+                   err=True)
+    with writing(settings, "index"):  # it saves with the index: one writer, as indexing
+        line, _ = calibrate_after_index(settings, build_index(settings))
+    typer.echo(line, err=True)
 
 
 def info(db: DbOpt = None) -> None:

@@ -1,0 +1,183 @@
+"""Self-calibration against the old defaults, the shape default and labeled calibration.
+
+For each dataset, on half `b` of its evaluation split (by id, `eval.datasets.in_half`):
+(a) the defaults before self-calibration (rrf k=1 m=3, threshold 0.4, relative 0.5, at most
+5 labels), max-similarity with the same threshold for reference, (b) the shape default chosen
+at index time, (c) self-calibration only (pseudo-queries from the catalog), (d) `calibrate` on
+half `a`. Every calibrated field is set explicitly per row, so nothing saved with the index
+leaks in. Indexes are built once under --root and reused. Test splits are never read.
+
+    python -m bench.self_calibration --datasets esco-tech esco-house clinc150 --root /tmp/lr-selfcal
+
+`speed` times sub-queries on ESCO tech_valid (the settings docs/accuracy.md chose by hand) in
+this tree and, with --before-tree, in a checkout of an older commit, back to back:
+
+    python -m bench.self_calibration speed --root /tmp/lr-selfcal --before-tree /tmp/lr-before
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from bench.accuracy import DATA, SPECS, _text_half, dataset_catalog
+from eval.calibrate import calibrate
+from eval.datasets import Dataset, load_dataset
+from eval.run import EvalConfig, run_eval
+from service.engine import open_engine
+from service.factory import CALIBRATED_FIELDS, build_index, build_pipeline
+from service.self_calibration import self_calibrate, shape_record
+from service.settings import Settings
+
+DATASETS = ("esco-tech", "esco-house", "clinc150", "banking77", "hwu64", "nlupp", "codiesp")
+COLUMNS = ("candidate_recall@K", "RP@5", "RP@10", "accuracy", "in_scope_accuracy",
+           "none_recall", "f1_samples")
+DEFAULTS = Settings(_env_file=None)
+OLD = {name: getattr(DEFAULTS, name) for name in CALIBRATED_FIELDS}  # before issue 18
+MAX_SIMILARITY = {**OLD, "aggregation": "max"}
+# The settings docs/accuracy.md chose by hand for ESCO, timed by `speed`.
+SUBQUERIES = {"aggregation": "max", "subqueries": 3, "subquery_neighbours": 50,
+              "lexical_weight": 0.2, "top_k": 50}
+
+
+def halves(name: str) -> tuple[Dataset, Dataset]:
+    """Dev half a and report half b of the dataset's evaluation texts."""
+    spec = SPECS[name]
+    path = DATA / spec.folder / f"{spec.eval_split}.jsonl"
+    dev, report = load_dataset(path, half="a"), load_dataset(path, half="b")
+    if spec.holdout_from_train:  # the other half of train is indexed
+        dev, report = (replace(d, examples=[e for e in d.examples if _text_half(e.text) == "eval"])
+                       for d in (dev, report))
+    return dev, report
+
+
+def evaluate(name: str, root: Path, texts: int) -> dict:
+    """The rows of one dataset."""
+    spec = SPECS[name]
+    settings = Settings(_env_file=None, db=root / spec.folder, llm_base_url=None,
+                        llm_api_key=None, top_k=spec.top_k, self_calibration_texts=texts)
+    index = build_index(settings)
+    started = time.perf_counter()
+    sync = index.sync(dataset_catalog(spec))
+    print(f"  index: +{sync.vectors_added} vectors ({time.perf_counter() - started:.0f} s)",
+          flush=True)
+    dev, report = halves(name)
+    rows: dict[str, dict] = {}
+    chosen = {"(a) defaults before": OLD, "max-similarity": MAX_SIMILARITY,
+              "(b) shape default": {**OLD, **shape_record(index)["settings"]}}
+    started = time.perf_counter()
+    found = self_calibrate(settings, index)
+    chosen["(c) self-calibration"] = {**OLD, **found.record["settings"]}
+    notes = {"(c) self-calibration": {"seconds": round(time.perf_counter() - started, 1),
+                                      **found.record.get("dev_set", {})}}
+    started = time.perf_counter()
+    best, _ = calibrate(build_pipeline(settings.model_copy(update=OLD)), dev)
+    chosen["(d) labeled calibration (half a)"] = {**OLD, **best.settings()}
+    notes["(d) labeled calibration (half a)"] = {"seconds": round(time.perf_counter() - started,
+                                                                  1), "n": len(dev.examples)}
+    for row, values in chosen.items():
+        engine = open_engine(settings.model_copy(update=values))
+        run = run_eval(engine, report, EvalConfig(mode="retrieval", cache_dir=None))
+        metrics = {k.replace(f"@{spec.top_k}", "@K"): v for k, v in run["metrics"].items()}
+        rows[row] = {"metrics": metrics, "retrieval": run["retrieval"]["aggregation"],
+                     "settings": values, "texts_per_s": run["totals"]["texts_per_s"],
+                     **({"calibration": notes[row]} if row in notes else {})}
+        print(f"  {name} {row} [{rows[row]['retrieval']}]: " + ", ".join(
+            f"{c}={100 * metrics[c]:.1f}" for c in COLUMNS if c in metrics), flush=True)
+    return {"dataset": name, "report_n": len(report.examples), "dev_n": len(dev.examples),
+            "top_k": spec.top_k, "rows": rows}
+
+
+def markdown(results: list[dict]) -> str:
+    """One table per dataset, in percent, with what each row ran."""
+    out = []
+    for res in results:
+        cols = [c for c in COLUMNS if any(c in r["metrics"] for r in res["rows"].values())]
+        out.append(f"### {res['dataset']} (report half b n={res['report_n']}, dev half a "
+                   f"n={res['dev_n']}, K={res['top_k']})\n")
+        out.append("| row | retrieval | " + " | ".join(
+            c.replace("@K", f"@{res['top_k']}") for c in cols) + " |")
+        out.append("|---" * (len(cols) + 2) + "|")
+        for row, r in res["rows"].items():
+            cells = [f"{100 * r['metrics'][c]:.1f}" if c in r["metrics"] else "" for c in cols]
+            out.append(f"| {row} | `{r['retrieval']}` | " + " | ".join(cells) + " |")
+        for row, r in res["rows"].items():
+            if "calibration" in r:
+                out.append(f"\n{row}: {json.dumps(r['calibration'])}")
+        out.append("")
+    return "\n".join(out)
+
+
+SPEED = """
+import json, sys, time
+from eval.datasets import load_dataset
+from eval.run import EvalConfig, run_eval
+from service.engine import open_engine
+from service.settings import Settings
+args = json.loads(sys.argv[1])
+settings = Settings(_env_file=None, db=args["db"], llm_base_url=None, llm_api_key=None,
+                    self_calibration_texts=0, **args["settings"])
+engine = open_engine(settings)
+data = load_dataset(args["path"], limit=args["limit"])
+engine.pipeline.retriever.candidates([e.text for e in data.examples[:2]], 5)  # load the model
+run = run_eval(engine, data, EvalConfig(mode="retrieval", cache_dir=None))
+print(json.dumps({"RP@10": run["metrics"]["RP@10"], "texts_per_s": run["totals"]["texts_per_s"],
+                  "retrieval": run["retrieval"]["aggregation"]}))
+"""
+
+
+def speed(root: Path, trees: dict[str, Path], limit: int | None, repeat: int) -> None:
+    """Texts/s and RP@10 of the hand-picked sub-query settings (and of whole texts) per tree."""
+    path = DATA / "esco" / "tech_valid.jsonl"
+    variants = {"sub-queries": SUBQUERIES, "whole text": {"aggregation": "max", "top_k": 50}}
+    for attempt in range(repeat):
+        for variant, values in variants.items():
+            for tree_name, tree in trees.items():
+                args = json.dumps({"db": str(root / "esco"), "path": str(path), "limit": limit,
+                                   "settings": values})
+                env = {k: v for k, v in os.environ.items() if not k.startswith("LABELRANK_")}
+                done = subprocess.run([sys.executable, "-c", SPEED, args], cwd=tree,
+                                      env={**env, "PYTHONPATH": str(tree)},
+                                      capture_output=True, text=True, check=True)
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                print(f"{variant:<12} {tree_name:<8} run {attempt + 1}: "
+                      f"RP@10 {100 * result['RP@10']:.1f}  {result['texts_per_s']} texts/s  "
+                      f"[{result['retrieval']}]", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", nargs="?", choices=("accuracy", "speed"), default="accuracy")
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--root", type=Path, default=Path("/tmp/lr-selfcal"))
+    parser.add_argument("--texts", type=int, default=DEFAULTS.self_calibration_texts,
+                        help="Pseudo-queries for self-calibration.")
+    parser.add_argument("--out", type=Path, default=None, help="Also write JSON results here.")
+    parser.add_argument("--before-tree", type=Path, default=None,
+                        help="speed: also time this checkout (an older commit).")
+    parser.add_argument("--limit", type=int, default=None, help="speed: first N texts only.")
+    parser.add_argument("--repeat", type=int, default=2, help="speed: rounds.")
+    args = parser.parse_args()
+    if args.what == "speed":
+        trees = {"this": Path(__file__).resolve().parents[1]}
+        if args.before_tree:
+            trees = {"before": args.before_tree.resolve(), **trees}
+        speed(args.root, trees, args.limit, args.repeat)
+        return
+    results = []
+    for name in args.datasets:
+        print(f"{name}:", flush=True)
+        results.append(evaluate(name, args.root, args.texts))
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=1))
+    print("\n" + markdown(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""An index view that embeds, searches and reads each thing once and remembers what it cost."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+class MemoIndex:
+    """Calibration ranks one set of texts under many settings, and sub-query variants share
+    most of their parts. Through this view each text is embedded, each query vector searched
+    and each stored vector read once; a repeat is answered from memory and `charged` the
+    seconds the first one took, so every setting still pays what serving it would cost.
+
+    `base` is a LabelIndex (or a view of one); this has what the retriever and stages read
+    (labels, embedder, nearest_ids, embeddings). Searches that need hit texts go to the base.
+    """
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+        self.embedder = _MemoEmbedder(base.embedder, self)
+        self.charged = 0.0  # seconds of remembered work handed out again
+        self._rows: dict[bytes, tuple[int, list[str], list[float], float]] = {}
+        self._stored: dict[str, tuple[np.ndarray, float]] = {}
+
+    @property
+    def labels(self) -> Any:
+        """The base's labels."""
+        return self.base.labels
+
+    def search(self, *args: Any, **kwargs: Any) -> Any:
+        """The base's search (with texts or vectors per hit: not remembered)."""
+        return self.base.search(*args, **kwargs)
+
+    def nearest_ids(self, vectors: np.ndarray,
+                    n: int) -> tuple[list[list[str]], list[list[float]]]:
+        """The base's ids-only search, each query vector searched once at the deepest `n`."""
+        keys = [np.ascontiguousarray(v).tobytes() for v in vectors]
+        missing = [i for i, key in enumerate(keys)
+                   if key not in self._rows or self._rows[key][0] < n]
+        if missing:
+            started = time.perf_counter()
+            ids, distances = self.base.nearest_ids(vectors[missing], n)
+            each = (time.perf_counter() - started) / len(missing)
+            for i, row_ids, row_distances in zip(missing, ids, distances, strict=True):
+                self._rows[keys[i]] = (n, row_ids, row_distances, each)
+        fresh = set(missing)
+        out_ids, out_distances = [], []
+        for i, key in enumerate(keys):
+            _, row_ids, row_distances, cost = self._rows[key]
+            if i not in fresh:
+                self.charged += cost
+            out_ids.append(row_ids[:n])
+            out_distances.append(row_distances[:n])
+        return out_ids, out_distances
+
+    def embeddings(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The base's stored vectors, each read once."""
+        missing = [vid for vid in dict.fromkeys(ids) if vid not in self._stored]
+        if missing:
+            started = time.perf_counter()
+            found = self.base.embeddings(missing)
+            each = (time.perf_counter() - started) / len(missing)
+            self._stored.update((vid, (vector, each)) for vid, vector in found.items())
+        fresh = set(missing)
+        out = {}
+        for vid in ids:
+            if vid in self._stored:
+                out[vid] = self._stored[vid][0]
+                if vid not in fresh:
+                    self.charged += self._stored[vid][1]
+        return out
+
+
+class _MemoEmbedder:
+    """The base embedder, each text embedded once; repeats charged what the first cost."""
+
+    def __init__(self, base: Any, owner: MemoIndex) -> None:
+        self.base = base
+        self.owner = owner
+        self.name, self.dim, self.backend = base.name, base.dim, base.backend
+        self._vectors: dict[str, tuple[np.ndarray, float]] = {}
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors of `texts`, embedding only the ones not seen before."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._vectors))
+        if missing:
+            started = time.perf_counter()
+            vectors = self.base.embed(missing)
+            each = (time.perf_counter() - started) / len(missing)
+            self._vectors.update((t, (v, each)) for t, v in zip(missing, vectors, strict=True))
+        fresh = set(missing)
+        self.owner.charged += sum(self._vectors[t][1] for t in texts if t not in fresh)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([self._vectors[t][0] for t in texts])

@@ -1,0 +1,112 @@
+"""Self-calibration: the calibration search on pseudo-queries made from the index's own catalog,
+run at the end of `labelrank index` and by `labelrank calibrate --self`."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+from retrieval.calibration import Calibration, calibration_record
+from retrieval.calibration_search import SearchSpace, search_settings
+from retrieval.held_out import HeldOutIndex
+from retrieval.index import LabelIndex
+from retrieval.pseudo_queries import PseudoSet, add_copies, build_pseudo_set
+from service.factory import shape_default
+from service.settings import Settings
+
+# Fewer pseudo-queries than this say nothing a threshold could be fitted to.
+MIN_PSEUDO_TEXTS = 20
+SHAPE_SAMPLE = 200  # labels whose example counts decide the shape default
+
+
+@dataclass
+class SelfCalibration:
+    """What self-calibration found (None fields when the catalog was too small to try)."""
+
+    record: dict
+    best: Calibration | None = None
+    results: list[Calibration] = field(default_factory=list)
+    pseudo: PseudoSet | None = None
+    seconds: float = 0.0
+
+
+def self_calibrate(settings: Settings, index: LabelIndex, space: SearchSpace | None = None,
+                   min_texts_per_s: float | None = None) -> SelfCalibration:
+    """Calibrate on a pseudo dev set from the catalog (each query's own texts held out of the
+    index); a catalog too small for that gets the shape default. Nothing is saved here."""
+    started = time.perf_counter()
+    catalog = {"catalog_hash": index.fingerprint()["catalog_hash"]}
+    pseudo = _pseudo_set(index, settings.self_calibration_texts)
+    if len(pseudo.texts) < MIN_PSEUDO_TEXTS:
+        return SelfCalibration(shape_record(index), pseudo=pseudo,
+                               seconds=time.perf_counter() - started)
+    floor = (settings.calibration_min_texts_per_s if min_texts_per_s is None
+             else min_texts_per_s)
+    view = HeldOutIndex(index, pseudo.all_held_out(), max(len(h) for h in pseudo.held_out))
+    metric = "f1_samples" if any(len(g) > 1 for g in pseudo.gold) else "accuracy"
+    best, results = search_settings(view, pseudo.texts, pseudo.gold, settings.top_k, metric,
+                                    space or SearchSpace(), floor)
+    seconds = time.perf_counter() - started
+    record = calibration_record(best, "self", {**pseudo.describe(), **catalog,
+                                               "seconds": round(seconds, 1)})
+    return SelfCalibration(record, best, results, pseudo, seconds)
+
+
+def _pseudo_set(index: LabelIndex, size: int) -> PseudoSet:
+    """Pseudo-queries with their copies under other labels; none composed of several labels
+    when the held-out examples show single-label texts (intent catalogs), where composed
+    texts would teach label limits real texts never need."""
+    pseudo = build_pseudo_set(index.labels, index.examples, size)
+    add_copies(pseudo, index)
+    if pseudo.single_label_examples():
+        pseudo = build_pseudo_set(index.labels, index.examples, size, composed_share=0.0)
+        add_copies(pseudo, index)
+    return pseudo
+
+
+def shape_record(index: LabelIndex) -> dict:
+    """The shape default as a saved record: the aggregation for this catalog's example counts."""
+    labels = sorted(lid for lid, lab in index.labels.items() if lab.assignable)
+    sample = random.Random(0).sample(labels, min(SHAPE_SAMPLE, len(labels)))
+    counts = [len(index.examples(lid)) for lid in sample]
+    settings = shape_default(counts)
+    return {"settings": settings, "sources": dict.fromkeys(settings, "shape"), "source": "shape",
+            "dev_set": {"labels_sampled": len(counts),
+                        "with_examples": sum(c > 0 for c in counts),
+                        "catalog_hash": index.fingerprint()["catalog_hash"]}}
+
+
+def calibrate_after_index(settings: Settings, index: LabelIndex) -> tuple[str, dict | None]:
+    """At the end of `labelrank index`: keep a calibration from labeled data, skip an unchanged
+    catalog, else self-calibrate (or, switched off, save the shape default). Returns what
+    happened in a line, and the record saved (None when nothing was)."""
+    saved = index.calibration()
+    current = index.fingerprint()["catalog_hash"]
+    if saved and saved.get("source", "labeled") == "labeled":
+        return ("calibration from labeled data kept (`labelrank calibrate --self` replaces "
+                "it)", None)
+    if saved and saved.get("dev_set", {}).get("catalog_hash") == current:
+        return f"{saved['source']} calibration up to date", None
+    if not settings.self_calibration_texts:
+        record = shape_record(index)
+        index.save_calibration(record)
+        return f"shape default saved: {record['settings']}", record
+    found = self_calibrate(settings, index)
+    index.save_calibration(found.record)
+    return summary(found), found.record
+
+
+def summary(found: SelfCalibration) -> str:
+    """One line on a self-calibration: the dev set, the setting chosen, its cost."""
+    if found.best is None:
+        n = len(found.pseudo.texts) if found.pseudo else 0
+        return (f"catalog too small to calibrate itself ({n} pseudo-queries); shape default "
+                f"saved: {found.record['settings']}")
+    best = found.best
+    composition = ", ".join(f"{n} {kind}" for kind, n in found.record["dev_set"][
+        "composition"].items())
+    return (f"self-calibrated in {found.seconds:.0f} s on {found.record['dev_set']['n']} "
+            f"pseudo-queries ({composition}): {best.describe()}, {best.metric} "
+            f"{best.value:.3f}, {best.texts_per_s:.0f} texts/s (labeled data passed to "
+            f"`labelrank calibrate` overrides it)")

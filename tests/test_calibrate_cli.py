@@ -1,0 +1,100 @@
+"""`labelrank index` calibrates a catalog on itself, `calibrate --self | DATASET` and `info`
+say which dev set each setting came from; dirty example rows are skipped, or refused."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+from eval.cli import app
+from tests.conftest import DATA, MINI_CATALOG
+
+SKILLS = DATA / "skills_catalog.jsonl"
+GOLD = [{"id": "1", "text": "bake sourdough bread and decorate cakes",
+         "labels": ["baking", "pastry"]},
+        {"id": "2", "text": "drive a forklift in the warehouse", "labels": ["forklift"]},
+        {"id": "3", "text": "run the payroll and file tax returns", "labels": ["payroll", "tax"]},
+        {"id": "4", "text": "fix leaking pipes", "labels": ["plumbing"]}]
+
+
+def run(*args: str, **env: str) -> Result:
+    clean: dict[str, str | None] = {k: None for k in os.environ
+                                    if k.startswith(("LABELRANK_", "OPENAI_"))}
+    return CliRunner().invoke(app, list(args), env={**clean, **env})
+
+
+def info(db: Path) -> dict:
+    done = run("info", "--db", str(db))
+    assert done.exit_code == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_index_self_calibrates_then_labeled_data_overrides(tmp_path: Path) -> None:
+    db = str(tmp_path / "db")
+    indexed = run("index", str(SKILLS), "--db", db, LABELRANK_SELF_CALIBRATION_TEXTS="60")
+    assert indexed.exit_code == 0, indexed.stderr
+    assert "self-calibrated in" in indexed.stderr and "pseudo-queries" in indexed.stderr
+    shown = info(tmp_path / "db")
+    assert shown["calibration"]["source"] == "self"
+    assert shown["settings_from"]["aggregation"] == "self"
+
+    gold = tmp_path / "skills" / "valid.jsonl"
+    gold.parent.mkdir()
+    gold.write_text("".join(json.dumps(row) + "\n" for row in GOLD))
+    labeled = run("calibrate", str(gold), "--db", db, "--top-k", "5")
+    assert labeled.exit_code == 0, labeled.stderr
+    assert "texts/s" in labeled.stdout and "saved with the index (labeled)" in labeled.stdout
+    shown = info(tmp_path / "db")
+    assert shown["calibration"]["dev_set"]["name"] == "skills/valid"
+    assert set(shown["settings_from"].values()) == {"labeled"}
+
+    again = run("index", str(SKILLS), "--db", db)
+    assert "calibration from labeled data kept" in again.stderr
+    assert info(tmp_path / "db")["calibration"]["source"] == "labeled"
+
+    replaced = run("calibrate", "--self", "--db", db, "--min-texts-per-s", "1e9",
+                   LABELRANK_SELF_CALIBRATION_TEXTS="60")
+    assert replaced.exit_code == 0, replaced.stderr
+    assert "saved with the index (self)" in replaced.stdout
+    saved = info(tmp_path / "db")["calibration"]
+    assert saved["source"] == "self" and saved["settings"]["subqueries"] == 0  # too slow
+
+
+def test_calibrate_needs_a_dataset_or_self(tmp_path: Path) -> None:
+    done = run("calibrate", "--db", str(tmp_path / "db"))
+    assert done.exit_code == 2 and "give a labeled DATASET or --self" in done.output
+
+
+@pytest.fixture
+def dirty(tmp_path: Path) -> Path:
+    rows = ['{"text": "my old dog limps", "labels": ["pets.dogs"]}',
+            '{"text": "", "labels": ["pets.dogs"]}',
+            '{"text": "a parrot that talks", "labels": ["pets.birds"]}',
+            '{"text": "cut off mid-line',
+            '{"text": "how long to knead dough", "labels": ["food.baking"]}']
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_bad_example_rows_are_skipped_and_named(tmp_path: Path, dirty: Path) -> None:
+    done = run("index", str(MINI_CATALOG), "-e", str(dirty), "--db", str(tmp_path / "db"),
+               LABELRANK_SELF_CALIBRATION_TEXTS="0")
+    assert done.exit_code == 0, done.stderr
+    assert "example rows skipped: 3 (--strict stops on them)" in done.stderr
+    assert "train.jsonl:2: missing or empty 'text'" in done.stderr
+    assert "train.jsonl:3: unknown label id 'pets.birds'" in done.stderr
+    assert "train.jsonl:4: not valid JSON" in done.stderr
+    assert "shape default saved" in done.stderr
+
+
+def test_strict_refuses_the_first_bad_example_row(tmp_path: Path, dirty: Path) -> None:
+    done = run("index", str(MINI_CATALOG), "-e", str(dirty), "--db", str(tmp_path / "db"),
+               "--strict")
+    assert done.exit_code == 2
+    assert "error [invalid_catalog]: train.jsonl:2: missing or empty 'text'" in done.stderr

@@ -1,0 +1,166 @@
+"""Self-calibration: pseudo-queries from the catalog, held out of a real index, searched over
+every lever; what it saves and how `info` says where each setting came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrieval.calibration_search import SearchSpace, search_settings
+from retrieval.catalog import Catalog, Label, load_catalog
+from retrieval.fusion import Aggregation
+from retrieval.held_out import HeldOutIndex
+from retrieval.index import LabelIndex, chroma_client, label_texts, vector_id
+from retrieval.lexical import Lexicon
+from retrieval.memo_index import MemoIndex
+from retrieval.pseudo_queries import PseudoSet, add_copies, build_pseudo_set
+from retrieval.retriever import Retriever
+from retrieval.subqueries import SubqueryConfig, SubqueryStage
+from service.factory import build_pipeline, setting_sources, shape_default
+from service.self_calibration import self_calibrate
+from tests.conftest import DATA, make_settings
+
+SKILLS = DATA / "skills_catalog.jsonl"
+# Job-ad-like texts naming one or two skills of the names-and-aliases catalog above; broad
+# labels there have six aliases, so reciprocal rank over several hits favours them.
+ADS = [("you will bake sourdough bread and decorate wedding cakes", ["baking", "pastry"]),
+       ("experience grilling steaks on a barbecue", ["grilling"]),
+       ("writing python scripts and sql queries for reports", ["python", "sql"]),
+       ("drive a forklift in the warehouse and deliver goods in a heavy truck",
+        ["forklift", "truck"]),
+       ("tutor pupils in algebra and teach spanish to adults",
+        ["maths-teaching", "language-teaching"]),
+       ("dress wounds after surgery and give residents their medicines",
+        ["wound-care", "medication"]),
+       ("run the monthly payroll and prepare tax returns for clients", ["payroll", "tax"]),
+       ("prune apple trees in winter and mow the lawns of the park", ["pruning", "lawn"]),
+       ("repair punctures on customers' bicycles", ["cycling"]),
+       ("fix leaking pipes and install new sockets", ["plumbing", "electrical"]),
+       ("weld steel frames and build wooden stairs", ["welding", "carpentry"]),
+       ("build interactive web pages in javascript", ["javascript"])]
+
+
+@pytest.fixture(scope="module")
+def skills(tmp_path_factory: pytest.TempPathFactory, embedder) -> LabelIndex:
+    """The names-and-aliases catalog (no examples) in a real Chroma index."""
+    db = tmp_path_factory.mktemp("skills") / "db"
+    index = LabelIndex(chroma_client(db), embedder)
+    index.sync(load_catalog(SKILLS))
+    return index
+
+
+def r_precision(index: LabelIndex, values: dict) -> float:
+    """Mean share of each ad's gold labels among its top len(gold) candidates."""
+    pipeline = build_pipeline(make_settings(Path("/nonexistent"), top_k=5, **values), index)
+    shortlists = pipeline.retriever.candidates([text for text, _ in ADS], 5)
+    return float(np.mean([len({c.label_id for c in s[:len(g)]} & set(g)) / len(g)
+                          for s, (_, g) in zip(shortlists, ADS, strict=True)]))
+
+
+def test_a_catalog_of_names_and_aliases_calibrates_itself_at_least_to_max_similarity(
+        tmp_path: Path, skills: LabelIndex) -> None:
+    found = self_calibrate(make_settings(tmp_path, top_k=5, self_calibration_texts=100), skills)
+    assert found.best is not None and found.record["source"] == "self"
+    composition = found.record["dev_set"]["composition"]
+    assert composition["composed"] >= 10 and composition["alias"] >= 10
+    assert set(found.record["sources"].values()) == {"self"}
+    chosen = r_precision(skills, found.record["settings"])
+    assert chosen >= r_precision(skills, {"aggregation": "max"})
+    # the catalog is shaped so that the shipped default before self-calibration loses here
+    assert chosen > r_precision(skills, {"aggregation": "rrf", "rrf_k": 1.0,
+                                         "max_hits_per_label": 3})
+
+
+def test_held_out_texts_are_never_found_and_name_nothing(readonly_index: LabelIndex) -> None:
+    own = vector_id("pets.dogs", "alias", "puppies")
+    query = readonly_index.embedder.embed(["puppies"])
+    assert readonly_index.search(query, 5, with_texts=False)[0][0].vector_id == own
+    view = HeldOutIndex(readonly_index, [("pets.dogs", "alias", "puppies")])
+    hits = view.search(query, 5, with_texts=False)[0]
+    assert own not in {h.vector_id for h in hits} and len(hits) == 5
+    assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
+    ids, distances = view.nearest_ids(query, 5)
+    assert own not in ids[0] and len(ids[0]) == len(distances[0]) == 5
+    assert "pets.dogs" in Lexicon(readonly_index.labels).matches("puppies")
+    assert "pets.dogs" not in Lexicon(view.labels).matches("puppies")
+
+
+def test_pseudo_set_is_bounded_and_every_label_keeps_a_text() -> None:
+    catalog = load_catalog(SKILLS)
+    pseudo = build_pseudo_set(catalog.labels, lambda label_id: [], 25)
+    assert len(pseudo.texts) == 25 and "composed" in pseudo.composition
+    held: dict[str, int] = {}
+    for text in pseudo.all_held_out():
+        held[text[0]] = held.get(text[0], 0) + 1
+    assert all(held[lid] < len(label_texts(catalog.labels[lid])) for lid in held)
+    for text, gold, kind in zip(pseudo.texts, pseudo.gold, pseudo.kinds, strict=True):
+        assert (2 <= len(gold) <= 3) if kind == "composed" else len(gold) == 1
+        assert text
+    again = build_pseudo_set(catalog.labels, lambda label_id: [], 25)
+    assert again.texts == pseudo.texts  # seeded: the same catalog gives the same dev set
+
+
+def test_a_text_stored_under_two_labels_is_gold_for_both(tmp_path: Path, embedder) -> None:
+    shared = "my card was charged twice for one coffee"
+    index = LabelIndex(chroma_client(tmp_path / "db"), embedder)
+    index.sync(Catalog({
+        "a": Label("a", "Duplicate charge", examples=(shared, "charged two times")),
+        "b": Label("b", "Card payment", examples=(shared, "paying by card"))}))
+    pseudo = PseudoSet()
+    pseudo.add(shared, ["a"], [("a", "example", shared)], "example")
+    add_copies(pseudo, index)
+    assert pseudo.gold == [["a", "b"]]
+    assert ("b", "example", shared) in pseudo.held_out[0]
+
+
+def test_memo_view_ranks_exactly_what_the_index_ranks(readonly_index: LabelIndex) -> None:
+    texts = ["sourdough, espresso, tax return", "my puppy chews shoes"]
+    stages = [SubqueryStage(SubqueryConfig(2, 40, 0.5, 10))]
+    direct = Retriever(readonly_index, Aggregation("max", 0, None), 30, evidence=False)
+    memo = MemoIndex(readonly_index)
+    viewed = Retriever(memo, Aggregation("max", 0, None), 30, evidence=False)
+    expected = direct.rank(direct.search(texts, 5), stages=stages)
+    search = viewed.search(texts, 5)
+    assert viewed.rank(search, stages=stages) == expected
+    charged = memo.charged
+    assert viewed.rank(search, stages=stages) == expected  # now all from memory
+    assert memo.charged > charged  # and still charged what it cost the first time
+
+
+def test_speed_floor_keeps_slow_settings_out(readonly_index: LabelIndex) -> None:
+    texts = ["sourdough, espresso, tax return", "my puppy chews shoes", "when are taxes due"]
+    gold = [["food.baking", "food.coffee", "money.taxes"], ["pets.dogs"], ["money.taxes"]]
+    space = SearchSpace(aggregations=(Aggregation("max", 0, None), Aggregation()),
+                        depths=(30,), branch_counts=())
+    best, results = search_settings(readonly_index, texts, gold, 5, "f1_samples", space,
+                                    min_texts_per_s=1e9)
+    assert any(r.subqueries for r in results)  # tried and reported
+    whole = [r for r in results if not (r.subqueries or r.lexical_weight)]
+    # nothing is that fast: the fastest whole-text setting, never a sub-query one
+    assert best.subqueries is None and best in whole
+    assert best.texts_per_s == max(r.texts_per_s for r in whole)
+
+
+def test_shape_default_follows_the_share_of_examples() -> None:
+    assert shape_default([0] * 7 + [50] * 3)["aggregation"] == "max"
+    assert shape_default([1, 2, 2, 1])["aggregation"] == "max"
+    assert shape_default([0] * 3 + [100] * 7) == {"aggregation": "rrf", "rrf_k": 1.0,
+                                                  "max_hits_per_label": 3}
+
+
+def test_saved_levers_serve_unless_set_explicitly(tmp_path: Path,
+                                                  mini_index: LabelIndex) -> None:
+    saved = {"subqueries": 3, "subquery_neighbours": 7, "lexical_weight": 0.2,
+             "neighbours": 50, "threshold": 0.3}
+    mini_index.save_calibration({"settings": saved, "source": "self",
+                                 "sources": dict.fromkeys(saved, "self")})
+    retriever = build_pipeline(make_settings(tmp_path), mini_index).retriever
+    assert retriever.describe() == "subqueries(n<=3,w=0.5,words<=40,nn=7)+lexical(0.2)"
+    assert retriever.neighbours == 50
+    explicit = make_settings(tmp_path, lexical_weight=0.0)
+    assert "lexical" not in build_pipeline(explicit, mini_index).retriever.describe()
+    sources = setting_sources(explicit, mini_index)
+    assert (sources["lexical_weight"], sources["subqueries"], sources["max_labels"]) == (
+        "explicit", "self", "default")
