@@ -20,7 +20,10 @@ from pathlib import Path
 from eval.calibrate import calibrate
 from eval.datasets import Dataset, load_dataset
 from eval.run import EvalConfig, run_eval
+from retrieval.calibration_search import SearchSpace
 from retrieval.catalog import Catalog, load_catalog, load_examples
+from retrieval.fusion import Aggregation
+from retrieval.subqueries import SubqueryConfig
 from service.engine import open_engine
 from service.factory import build_index, build_pipeline
 from service.settings import Settings
@@ -118,10 +121,12 @@ def evaluate_dataset(name: str, spec: Spec, root: Path, base: Settings) -> dict:
         current = settings.model_copy(update={"top_k": spec.top_k, **overrides})
         calibration = None
         if variant.startswith("calibrated"):
-            best, _ = calibrate(build_pipeline(current), dev)
+            fixed = "subqueries" in overrides or "aggregation" in overrides
+            # these variants fix their own scoring; calibration picks only the threshold
+            best, _ = calibrate(build_pipeline(current), dev,
+                                space=fixed_space(current) if fixed else None)
             calibration = best.settings()
-            if "subqueries" in overrides or "aggregation" in overrides:
-                # these variants fix their own scoring; calibration picks only the threshold
+            if fixed:
                 calibration = {k: calibration[k] for k in ("threshold", "relative_threshold",
                                                            "max_labels")}
             current = current.model_copy(update=calibration)
@@ -135,6 +140,16 @@ def evaluate_dataset(name: str, spec: Spec, root: Path, base: Settings) -> dict:
     return {"dataset": name, "report_n": len(report.examples), "dev_n": len(dev.examples),
             "vectors": vectors, "index_build_s": round(build_s, 1), "top_k": spec.top_k,
             "variants": rows}
+
+
+def fixed_space(settings: Settings) -> SearchSpace:
+    """Only the retrieval these settings configure: calibrate its threshold."""
+    sub = (SubqueryConfig(settings.subqueries, settings.subquery_max_words,
+                          settings.subquery_weight, settings.subquery_neighbours)
+           if settings.subqueries else None)
+    return SearchSpace.only(Aggregation(settings.aggregation, settings.rrf_k,
+                                        settings.max_hits_per_label or None),
+                            settings.neighbours, sub, settings.lexical_weight)
 
 
 def markdown(results: list[dict]) -> str:

@@ -19,9 +19,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from eval.calibrate import Calibration, calibrate
+from eval.calibrate import calibrate
 from eval.datasets import load_dataset
 from eval.run import EvalConfig, run_eval
+from retrieval.calibration import Calibration
 from retrieval.catalog import Catalog, load_catalog, load_examples
 from retrieval.taxonomy import Taxonomy
 from service.engine import open_engine
