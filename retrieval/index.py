@@ -16,7 +16,7 @@ from retrieval.catalog import Catalog, Label
 from retrieval.embedder import Embedder
 from retrieval.errors import EmptyIndexError, IndexMismatchError, UnknownLabelError
 from retrieval.iterables import chunks
-from retrieval.journal import Journal
+from retrieval.journal import STALE_S, Journal
 
 SCHEMA_VERSION = 1
 KINDS = ("name", "alias", "description", "example")
@@ -321,12 +321,12 @@ class LabelIndex:
             self._count = self._vectors.count()
             return removed
 
-    def recover(self, older_than_s: float = 0.0) -> int:
+    def recover(self, shared: bool = False) -> int:
         """Finish the label writes a crash interrupted, each as it was meant to end; returns
-        how many. Only the directory's writer may run it (on a Chroma server: only for writes
-        older than any live one could be, `older_than_s`)."""
+        how many. Run it where no other process writes the index (the directory's lock holder);
+        `shared` (a Chroma server) finishes only writes too old to be in flight elsewhere."""
         with self._lock:
-            pending = self._journal.pending(older_than_s)
+            pending = self._journal.pending(STALE_S if shared else 0.0)
             for write in pending:
                 if write.deleted:
                     self._remove(list(write.deleted))

@@ -37,6 +37,7 @@ def index_catalog(settings: Settings, catalog: Catalog,
     started = time.perf_counter()
     with writing(settings, "index"), _build_embedder(settings, catalog) as embedder:
         index = build_index(settings, embedder)
+        index.recover(shared=settings.chroma_host is not None)
         dropped = 0
         if settings.max_examples_per_label:
             catalog, dropped = _with_pivots(catalog, embedder, settings.max_examples_per_label)

@@ -13,7 +13,8 @@ import pytest
 from retrieval.catalog import Catalog, Label, load_catalog
 from retrieval.embedder import SentenceTransformerEmbedder, resolve_model_path
 from retrieval.errors import CatalogError, EmptyIndexError, IndexMismatchError, UnknownLabelError
-from retrieval.index import LabelIndex, chroma_client, label_of, label_texts
+from retrieval.index import LabelIndex, chroma_client, label_of, label_texts, vector_id
+from retrieval.journal import Journal
 from service.factory import build_index, build_pipeline
 from service.indexing import build_or_update
 from service.pipeline import ClassifyOptions
@@ -189,3 +190,38 @@ def test_a_graph_hit_whose_rows_a_concurrent_write_deleted_is_skipped(
         result = pipeline.classify("my kitten keeps biting my fingers",
                                    ClassifyOptions("retrieval"))
         assert "pets.cats" not in {c.id for c in result.candidates}
+
+
+def stored_vector_ids(index: LabelIndex, label_id: str) -> set[str]:
+    return set(index._vector_ids_of([label_id]))
+
+
+def test_recover_finishes_writes_a_crash_left_marked(mini_index: LabelIndex,
+                                                     settings: Settings) -> None:
+    # What a process leaves when it dies between the journal's marks: the write is marked
+    # and (here) none of it done. `recover` makes each label wholly what the write meant.
+    journal = Journal(chroma_client(settings.db), settings.collection)
+    felines = replace(mini_index.get("pets.cats"), name="Felines",
+                      examples=("my cat sleeps all day", "the kitten chased a laser dot"))
+    journal.begin(labels=(felines,))
+    journal.begin(deleted=("money.taxes",))
+    assert len(journal.pending()) == 2
+
+    assert mini_index.recover() == 2
+    assert mini_index.get("pets.cats").name == "Felines"
+    assert mini_index.examples("pets.cats") == sorted(felines.examples)
+    assert stored_vector_ids(mini_index, "pets.cats") == {
+        vector_id("pets.cats", kind, text) for kind, text in label_texts(felines)}
+    assert "money.taxes" not in mini_index.labels
+    assert stored_vector_ids(mini_index, "money.taxes") == set()
+    assert journal.pending() == [] and mini_index.recover() == 0
+    reopened = LabelIndex(chroma_client(settings.db), mini_index.embedder)
+    assert reopened.fingerprint() == mini_index.fingerprint()
+
+
+def test_a_write_still_in_flight_elsewhere_is_left_alone_on_a_shared_index(
+        mini_index: LabelIndex, settings: Settings) -> None:
+    journal = Journal(chroma_client(settings.db), settings.collection)
+    journal.begin(deleted=("money.taxes",))  # just begun: its writer may be alive
+    assert mini_index.recover(shared=True) == 0 and "money.taxes" in mini_index.labels
+    assert mini_index.recover() == 1 and "money.taxes" not in mini_index.labels

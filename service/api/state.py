@@ -63,7 +63,11 @@ class ServiceState:
         """Build embedder, index and pipeline (blocking: run it in a worker thread)."""
         try:
             self._embedder = self._load_embedder()
-            self._install(self._open_index())
+            index = self._open_index()
+            finished = index.recover(shared=self.server_mode)
+            if finished:
+                log.warning("finished %d label write(s) that a crash had interrupted", finished)
+            self._install(index)
         except LabelrankError as exc:
             self.error = f"{exc.code}: {exc.message}"
         except Exception as exc:  # a readiness answer, not a crash: /readyz reports it
