@@ -1,10 +1,11 @@
 """State under concurrency and crashes: label edits while 16 clients classify; `kill -9`
-during `labelrank index`."""
+during `labelrank index` and at every write of a label PUT."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,12 +17,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from retrieval.catalog import load_catalog
+from retrieval.catalog import Label, load_catalog
 from retrieval.embedder import Embedder
-from retrieval.index import LabelIndex, chroma_client
+from retrieval.index import LabelIndex, chroma_client, label_texts, vector_id
+from retrieval.journal import Journal
 from service.api.app import create_app
 from service.results import ClassifyResult
-from tests.conftest import MINI_CATALOG, make_settings
+from tests.conftest import MINI_CATALOG, free_port, make_settings, wait_http
 from tests.test_api import serve, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,3 +132,73 @@ def test_kill_9_during_index_leaves_an_index_that_opens_and_a_rerun_completes(
     done = LabelIndex(chroma_client(db), embedder)
     assert len(done.labels) == 3000
     assert done.vector_count() >= 3000 * 3
+
+
+FELINES = {"name": "Felines", "parent": "pets", "description": "Cats, big and small.",
+           "aliases": ["felids"],
+           "examples": [f"my cat number {i} naps in the sun and purrs" for i in range(300)]}
+# The Chroma writes of one label PUT, in order; a kill before each must leave the label wholly
+# old (nothing begun) or wholly new (the journal's mark is there, and restart finishes it).
+KILL_POINTS = {1: ("before the journal mark", "old"), 2: ("before the vectors", "new"),
+               3: ("before the stale vectors go", "new"), 4: ("before the record", "new"),
+               5: ("before the journal unmark", "new"), 6: ("before the catalog hash", "new")}
+
+
+@pytest.fixture(scope="module")
+def built_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The mini catalog indexed by a process that has exited (so the files are complete)."""
+    db = tmp_path_factory.mktemp("killed-put") / "db"
+    done = subprocess.run([sys.executable, "-c", "from eval.cli import main; main()", "index",
+                           str(MINI_CATALOG), "--db", str(db)], cwd=ROOT, capture_output=True,
+                          text=True, env={**os.environ, **SERVE_ENV}, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return db
+
+
+SERVE_ENV = {"LABELRANK_EMBED_THREADS": "1", "LABELRANK_SELF_CALIBRATION_TEXTS": "0",
+             "LABELRANK_CHROMA_HOST": "", "LABELRANK_LLM_BASE_URL": "", "OPENAI_BASE_URL": "",
+             "LABELRANK_API_KEY": "", "LABELRANK_API_WRITE_KEY": ""}
+
+
+def start_serve(db: Path, *prefix: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    command = [*prefix, "serve", "--db", str(db), "--port", str(port)] if prefix else [
+        "-c", "from eval.cli import main; main()", "serve", "--db", str(db), "--port", str(port)]
+    process = subprocess.Popen([sys.executable, *command], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env={**os.environ, **SERVE_ENV})
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/readyz", process, timeout_s=180)
+    return process, url
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", sorted(KILL_POINTS),
+                         ids=[point for point, _ in KILL_POINTS.values()])
+def test_kill_9_during_a_label_put_leaves_the_label_wholly_old_or_new(
+        kill_at: int, built_db: Path, tmp_path: Path, embedder: Embedder) -> None:
+    db = tmp_path / "db"
+    shutil.copytree(built_db, db)
+    old = load_catalog(MINI_CATALOG).labels["pets.cats"]
+    new = Label(id="pets.cats", name=FELINES["name"], description=FELINES["description"],
+                aliases=tuple(FELINES["aliases"]), parent="pets",
+                examples=tuple(FELINES["examples"]))
+
+    doomed, url = start_serve(db, "-m", "tests.crash_points", str(kill_at))
+    with pytest.raises(httpx.TransportError):  # the server dies under the request
+        httpx.put(f"{url}/v1/labels/pets.cats", json=FELINES, timeout=120)
+    assert doomed.wait(30) == -signal.SIGKILL
+
+    restarted, url = start_serve(db)
+    try:
+        served = httpx.get(f"{url}/v1/labels/pets.cats").json()
+    finally:
+        restarted.terminate()
+        restarted.wait(30)
+
+    expected = {"old": old, "new": new}[KILL_POINTS[kill_at][1]]
+    index = LabelIndex(chroma_client(db), embedder)
+    assert served["name"] == index.get("pets.cats").name == expected.name
+    assert index.examples("pets.cats") == sorted(expected.examples)
+    assert set(index._vector_ids_of(["pets.cats"])) == {
+        vector_id("pets.cats", kind, text) for kind, text in label_texts(expected)}
+    assert Journal(chroma_client(db), "labelrank").pending() == []
