@@ -64,10 +64,14 @@ class SearchSpace:
 
 def search_settings(index: Any, texts: Sequence[str], gold: Sequence[Sequence[str]],
                     top_k: int, metric: str, space: SearchSpace = SearchSpace(),
-                    min_texts_per_s: float = 0.0) -> tuple[Calibration, list[Calibration]]:
+                    min_texts_per_s: float = 0.0,
+                    subquery_texts: Sequence[int] | None = None,
+                    ) -> tuple[Calibration, list[Calibration]]:
     """The best setting in `space` on these texts, and every setting tried. `index` is a
     LabelIndex or a view of one (`HeldOutIndex`). Settings slower than `min_texts_per_s` are
-    reported but not chosen (unless every whole-text setting is)."""
+    reported but not chosen (unless every whole-text setting is). Sub-queries are judged on
+    the texts at `subquery_texts` (default: all); when they win there, the winner is ranked
+    on all texts again for its threshold."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
     if not texts:
@@ -93,7 +97,8 @@ def search_settings(index: Any, texts: Sequence[str], gold: Sequence[Sequence[st
 
     source = whole
     if any(space.subquery_ngrams):
-        sample = _sample(len(texts), space.subquery_sample)
+        judged = list(range(len(texts)) if subquery_texts is None else subquery_texts)
+        sample = [judged[i] for i in _sample(len(judged), space.subquery_sample)]
         sampled = run.search([texts[i] for i in sample], [gold[i] for i in sample],
                              best.neighbours, widen)
         base = (best if len(sample) == len(texts)
@@ -102,6 +107,12 @@ def search_settings(index: Any, texts: Sequence[str], gold: Sequence[Sequence[st
         results += ([] if base is best else [base]) + subs
         if subs and run.pick([base, *subs]) is not base:
             best, source = run.pick(subs), sampled
+            if len(sample) < len(texts) and subquery_texts is not None:
+                everything = _sample(len(texts), space.subquery_sample)
+                source = run.search([texts[i] for i in everything],
+                                    [gold[i] for i in everything], best.neighbours, widen)
+                best = run.rank(source.at(best.neighbours), best.aggregation, best.stages())
+                results.append(best)
 
     flat_best = best
     for depth in branch_depths:

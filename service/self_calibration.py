@@ -45,8 +45,12 @@ def self_calibrate(settings: Settings, index: LabelIndex, space: SearchSpace | N
              else min_texts_per_s)
     view = HeldOutIndex(index, pseudo.all_held_out(), max(len(h) for h in pseudo.held_out))
     metric = "f1_samples" if any(len(g) > 1 for g in pseudo.gold) else "accuracy"
+    # Sub-queries split a text into the parts that may name labels: judge them on texts like
+    # users' (held-out examples, several labels joined), not on a label's own name or alias.
+    user_like = [i for i, kind in enumerate(pseudo.kinds) if kind in ("example", "composed")]
     best, results = search_settings(view, pseudo.texts, pseudo.gold, settings.top_k, metric,
-                                    space or SearchSpace(), floor)
+                                    space or SearchSpace(), floor,
+                                    user_like if len(user_like) >= MIN_PSEUDO_TEXTS else None)
     seconds = time.perf_counter() - started
     record = calibration_record(best, "self", {**pseudo.describe(), **catalog,
                                                "seconds": round(seconds, 1)})

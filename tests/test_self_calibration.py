@@ -164,3 +164,19 @@ def test_saved_levers_serve_unless_set_explicitly(tmp_path: Path,
     sources = setting_sources(explicit, mini_index)
     assert (sources["lexical_weight"], sources["subqueries"], sources["max_labels"]) == (
         "explicit", "self", "default")
+
+
+def test_subqueries_are_judged_on_the_texts_named(readonly_index: LabelIndex) -> None:
+    texts = ["sourdough, espresso, tax return", "dogs", "my puppy chews shoes and the sofa",
+             "cats"]
+    gold = [["food.baking", "food.coffee", "money.taxes"], ["pets.dogs"], ["pets.dogs"],
+            ["pets.cats"]]
+    space = SearchSpace(aggregations=(Aggregation("max", 0, None),), depths=(30,),
+                        lexical_weights=(0.0,), branch_counts=())
+    best, results = search_settings(readonly_index, texts, gold, 5, "f1_samples", space,
+                                    subquery_texts=[0, 2])
+    judged = [r for r in results if r.subqueries and r is not best]
+    assert judged and all(r.n == 2 for r in judged)
+    # against the best whole-text setting on the same two texts
+    assert [r.n for r in results if not r.subqueries] == [4, 2]
+    assert best.n == 4  # a sub-query winner is ranked on every text again for its threshold
