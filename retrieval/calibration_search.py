@@ -66,12 +66,14 @@ def search_settings(index: Any, texts: Sequence[str], gold: Sequence[Sequence[st
                     top_k: int, metric: str, space: SearchSpace = SearchSpace(),
                     min_texts_per_s: float = 0.0,
                     subquery_texts: Sequence[int] | None = None,
+                    none_share: float | None = None,
                     ) -> tuple[Calibration, list[Calibration]]:
     """The best setting in `space` on these texts, and every setting tried. `index` is a
     LabelIndex or a view of one (`HeldOutIndex`). Settings slower than `min_texts_per_s` are
     reported but not chosen (unless every whole-text setting is). Sub-queries are judged on
     the texts at `subquery_texts` (default: all); when they win there, the winner is ranked
-    on all texts again for its threshold."""
+    on all texts again for its threshold. With `none_share`, the metric weighs the
+    out-of-scope dev texts as that share of all texts (see `text_weights`)."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
     if not texts:
@@ -84,7 +86,7 @@ def search_settings(index: Any, texts: Sequence[str], gold: Sequence[Sequence[st
     branch_of = ((lambda label_id: taxonomy.branch(label_id, 0))
                  if taxonomy.max_depth() > 0 else None)
     scopes = (False, True) if branch_of and space.per_branch else (False,)
-    run = _Runner(memo, top_k, metric, branch_of, scopes, min_texts_per_s)
+    run = _Runner(memo, top_k, metric, branch_of, scopes, min_texts_per_s, none_share)
 
     depths = sorted({max(d, top_k) for d in space.depths})
     whole = run.search(texts, gold, depths[-1], widen)
@@ -175,8 +177,8 @@ class _Runner:
 
     def __init__(self, memo: MemoIndex, top_k: int, metric: str,
                  branch_of: Callable[[str], str] | None, scopes: tuple[bool, ...],
-                 min_texts_per_s: float) -> None:
-        self.memo, self.top_k, self.metric = memo, top_k, metric
+                 min_texts_per_s: float, none_share: float | None = None) -> None:
+        self.memo, self.top_k, self.metric, self.none_share = memo, top_k, metric, none_share
         self.branch_of, self.scopes, self.floor = branch_of, scopes, min_texts_per_s
         self.retriever = Retriever(memo, Aggregation(), evidence=False)
 
@@ -196,8 +198,8 @@ class _Runner:
         widest = max((len(g) for g in gold), default=1)
         grid = sorted({1, 2, 3, 5, min(widest, 10)} if widest > 1 else {1})
         select_by = "f1_samples" if self.metric == "candidate_recall" else self.metric
-        rule, value = best_threshold(ShortlistMatrix(shortlists, gold, self.branch_of),
-                                     select_by, grid, self.scopes)
+        matrix = ShortlistMatrix(shortlists, gold, self.branch_of, self.none_share)
+        rule, value = best_threshold(matrix, select_by, grid, self.scopes)
         recall = candidate_recall(shortlists, gold)
         per_text = searched.seconds_per_text + seconds / len(gold)
         kinds = {type(s): s for s in stages}
