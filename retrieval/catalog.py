@@ -148,10 +148,21 @@ def load_examples(path: str | Path, catalog: Catalog,
     """Read labeled texts (JSONL `{text, labels}` or CSV `label_id,text`) as examples per label.
     A bad row (unreadable, no text, no labels, an unknown label id) raises CatalogError, unless
     `skipped` is given: then the row is left out and listed there."""
+    examples: dict[str, list[str]] = {}
+    for text, label_ids in load_labelled(path, catalog, skipped):
+        for label_id in label_ids:
+            examples.setdefault(label_id, []).append(text)
+    return examples
+
+
+def load_labelled(path: str | Path, catalog: Catalog,
+                  skipped: list[SkippedRow] | None = None) -> list[tuple[str, tuple[str, ...]]]:
+    """The labeled rows of a file as (text, label ids), in file order (`[]`: out of scope);
+    bad rows raise or are listed in `skipped`, as in `load_examples`."""
     path = Path(path)
     if not path.is_file():
         raise CatalogError(f"examples file not found: {path}", path=str(path))
-    examples: dict[str, list[str]] = {}
+    rows: list[tuple[str, tuple[str, ...]]] = []
     for line_no, row in _rows(path, tolerate=skipped is not None):
         try:
             label_ids, text = _example(row, path, line_no, catalog)
@@ -160,9 +171,8 @@ def load_examples(path: str | Path, catalog: Catalog,
                 raise
             skipped.append(SkippedRow(str(path), line_no, str(exc).split(": ", 1)[-1]))
             continue
-        for label_id in label_ids:
-            examples.setdefault(label_id, []).append(text)
-    return examples
+        rows.append((text, tuple(label_ids)))
+    return rows
 
 
 def _example(row: dict | str, path: Path, line_no: int,
