@@ -9,12 +9,15 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from retrieval import generations
 from retrieval.catalog import Catalog, Label
 from retrieval.embedder import Embedder
 from retrieval.errors import EmptyIndexError, IndexMismatchError, UnknownLabelError
+from retrieval.generations import Compaction, Gate
 from retrieval.iterables import chunks
 from retrieval.journal import STALE_S, Journal
 
@@ -91,6 +94,13 @@ def chroma_client(path: str | Path | None = None, host: str | None = None, port:
     return chromadb.PersistentClient(path=str(path or "labelrank-data"), settings=settings)
 
 
+def index_metadata(client, name: str = "labelrank") -> dict:
+    """What the stored index says about itself (embedder, catalog hash, calibration), read
+    without opening it; NotFoundError when there is none."""
+    vectors, _ = generations.names(name, generations.current(client, name))
+    return dict(client.get_collection(vectors).metadata or {})
+
+
 def label_texts(label: Label) -> list[tuple[str, str]]:
     """The (kind, text) pairs that represent a label in the index, without repeats."""
     pairs = [("name", label.name)]
@@ -119,27 +129,30 @@ def label_of(vid: str) -> str:
     return vid[:vid.rindex("\x1f")]
 
 
-class LabelIndex:
+class LabelIndex(Compaction):
     """Label vectors and label records in two Chroma collections, guarded by the embedder name."""
 
     def __init__(self, client, embedder: Embedder, name: str = "labelrank",
                  hnsw: dict | None = None) -> None:
         self.embedder = embedder
-        meta = {"embedder": embedder.name, "dim": embedder.dim, "schema": SCHEMA_VERSION}
-        config = {"hnsw": {"space": "cosine", **(hnsw or {})}}
-        self._vectors = client.get_or_create_collection(
-            f"{name}-vectors", metadata=meta, configuration=config, embedding_function=None)
-        self._records = client.get_or_create_collection(
-            f"{name}-labels", metadata=meta, configuration=config, embedding_function=None)
+        self._client, self._name = client, name
+        self._config = {"hnsw": {"space": "cosine", **(hnsw or {})}}
+        self._generation = generations.current(client, name)
+        self._vectors, self._records = self._open(self._generation)
         self._check_embedder(self._vectors.metadata or {})
         self._journal = Journal(client, name)
         self._lock = threading.RLock()
+        self._gate = Gate()  # reads pass it; a compaction's switch closes it
+        self._dirty: set[str] | None = None  # labels written while a compaction copies
         self._labels: dict[str, Label] = {}
         self._hashes: dict[str, str] = {}
         self._reload()
         # Counting costs more than a query (measured 12 ms vs 4 ms at 56K vectors), and only
         # this object's writes change it (other workers' edits make the API reopen the index).
         self._count = self._vectors.count()
+        # Graph slots written in this generation: live rows plus tombstones (see generations).
+        self._slots = int((self._vectors.metadata or {}).get("slots")
+                          or self._count + len(self._labels))
 
     # -- reading -------------------------------------------------------------
 
@@ -158,8 +171,10 @@ class LabelIndex:
     def examples(self, label_id: str) -> list[str]:
         """The example texts stored for a label."""
         self.get(label_id)
-        found = self._vectors.get(where={"$and": [{"label_id": label_id}, {"kind": "example"}]},
-                                  include=["documents"])
+        with self._gate.reading():
+            found = self._vectors.get(
+                where={"$and": [{"label_id": label_id}, {"kind": "example"}]},
+                include=["documents"])
         return sorted(found["documents"] or [])
 
     def children(self, label_id: str) -> list[str]:
@@ -203,8 +218,9 @@ class LabelIndex:
         step = max(1, min(_QUERY_BATCH, _MAX_ROWS // n)) if with_texts else _QUERY_BATCH
         results = []
         for start in range(0, len(vectors), step):
-            found = self._vectors.query(query_embeddings=vectors[start:start + step],
-                                        n_results=n, include=include)
+            with self._gate.reading():
+                found = self._vectors.query(query_embeddings=vectors[start:start + step],
+                                            n_results=n, include=include)
             for row, (ids, dists) in enumerate(zip(found["ids"], found["distances"],
                                                    strict=True)):
                 metas = found["metadatas"][row] if with_texts else None
@@ -239,8 +255,10 @@ class LabelIndex:
         ids: list[list[str]] = []
         distances: list[list[float]] = []
         for start in range(0, len(vectors), _QUERY_BATCH):
-            found = self._vectors.query(query_embeddings=vectors[start:start + _QUERY_BATCH],
-                                        n_results=min(n, self._count), include=["distances"])
+            with self._gate.reading():
+                found = self._vectors.query(
+                    query_embeddings=vectors[start:start + _QUERY_BATCH],
+                    n_results=min(n, self._count), include=["distances"])
             ids += found["ids"]
             distances += found["distances"]
         return ids, distances
@@ -251,7 +269,8 @@ class LabelIndex:
         per hit (sub-queries: 0.5 s against 2.6 s for 200 queries x 50 neighbours)."""
         vectors: dict[str, np.ndarray] = {}
         for chunk in chunks(list(dict.fromkeys(ids)), _MAX_ROWS):
-            found = self._vectors.get(ids=chunk, include=["embeddings"])
+            with self._gate.reading():
+                found = self._vectors.get(ids=chunk, include=["embeddings"])
             for vid, vector in zip(found["ids"], found["embeddings"], strict=True):
                 vectors[vid] = np.asarray(vector, dtype=np.float32)
         return vectors
@@ -336,6 +355,8 @@ class LabelIndex:
                     plan = self._plan(labels, {label.id for label in labels})
                     self._store(plan, *self._embed_plan(plan), SyncReport())
                 self._journal.end(write.key)
+            if not shared:  # what a crashed compaction left
+                self._drop(generations.leftovers(self._client, self._name, self._generation))
             self._reload()
             if (self._vectors.metadata or {}).get("catalog_hash") != self._catalog_hash():
                 self._set_meta(catalog_hash=self._catalog_hash())
@@ -343,6 +364,14 @@ class LabelIndex:
             return len(pending)
 
     # -- internals -----------------------------------------------------------
+
+    def _open(self, generation: int) -> tuple[Any, Any]:
+        meta = {"embedder": self.embedder.name, "dim": self.embedder.dim,
+                "schema": SCHEMA_VERSION}
+        vectors, records = generations.names(self._name, generation)
+        return tuple(self._client.get_or_create_collection(
+            collection, metadata=meta, configuration=self._config, embedding_function=None)
+            for collection in (vectors, records))
 
     def _check_embedder(self, meta: dict) -> None:
         if meta.get("embedder") != self.embedder.name or meta.get("dim") != self.embedder.dim:
@@ -395,6 +424,9 @@ class LabelIndex:
         # Vectors first, the label record (with its hash) last, all between the journal's
         # marks: a crash between them is finished by `recover`, so no label stays half new.
         key = self._journal.begin(labels=tuple(plan.labels))
+        self._slots += len(plan.new_ids) + len(plan.labels)
+        if self._dirty is not None:
+            self._dirty.update(label.id for label in plan.labels)
         for start in range(0, len(plan.new_ids), _WRITE_BATCH):
             ids = plan.new_ids[start:start + _WRITE_BATCH]
             self._vectors.upsert(
@@ -419,6 +451,8 @@ class LabelIndex:
         """Delete labels' vectors and records between the journal's marks; returns the
         number of vectors removed."""
         key = self._journal.begin(deleted=tuple(label_ids))
+        if self._dirty is not None:
+            self._dirty.update(label_ids)
         removed = self._delete_vectors_of(label_ids)
         self._records.delete(ids=label_ids)
         self._journal.end(key)
@@ -467,7 +501,7 @@ class LabelIndex:
         return digest.hexdigest()[:16]
 
     def _set_meta(self, **updates: object) -> None:
-        meta = {**(self._vectors.metadata or {}), **updates}
+        meta = {**(self._vectors.metadata or {}), "slots": self._slots, **updates}
         self._vectors.modify(metadata=meta)
 
 

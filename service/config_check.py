@@ -86,11 +86,12 @@ def check_index(settings: Settings) -> list[Finding]:
     if settings.chroma_host is None and not (settings.db / "chroma.sqlite3").is_file():
         return [Finding("warning", "no_index", f"no index in {settings.db} yet: run "
                         "`labelrank index CATALOG` (serve starts, but answers 503 until then)")]
-    from retrieval.index import chroma_client
+    from retrieval.index import chroma_client, index_metadata
 
     try:
-        client = chroma_client(settings.db, settings.chroma_host, settings.chroma_port)
-        meta = client.get_collection(f"{settings.collection}-vectors").metadata or {}
+        # Closed at once: an embedded index's memory is freed only once no client holds it.
+        with chroma_client(settings.db, settings.chroma_host, settings.chroma_port) as client:
+            meta = index_metadata(client, settings.collection)
     except Exception as exc:  # a finding, not a crash: whatever Chroma raised
         return [Finding("error", "index_unreadable",
                         f"cannot open collection {settings.collection!r} at {where}: "

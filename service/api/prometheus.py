@@ -52,6 +52,15 @@ class Metrics:
         self.feedback = Counter("labelrank_feedback_labels", "Labels confirmed or rejected",
                                 ["kind"], registry=r)
         self.labels = Gauge("labelrank_labels", "Labels in the index", registry=r)
+        self.dead_slots = Gauge("labelrank_index_dead_slots",
+                                "Graph slots of deleted or replaced vectors and label records, "
+                                "held until the next compaction", registry=r)
+        self.compactions = Counter("labelrank_index_compactions",
+                                   "Index compactions (rebuilds without dead slots)", registry=r)
+        self.compaction_seconds = Histogram("labelrank_index_compaction_seconds",
+                                            "Time to compact the index",
+                                            buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 1800),
+                                            registry=r)
         self.ready = Gauge("labelrank_ready", "1 when the service is ready", registry=r)
         self.llm_circuit = Enum("labelrank_llm_circuit",
                                 "LLM endpoint circuit breaker: closed, open (calls refused, "

@@ -11,7 +11,7 @@ from typing import IO, Any
 from prompts.selector import LLMSelector
 from retrieval.embedder import Embedder
 from retrieval.errors import LabelrankError
-from retrieval.index import LabelIndex, chroma_client
+from retrieval.index import LabelIndex, chroma_client, index_metadata
 from service.api.microbatch import MicroBatcher
 from service.api.models import NotReadyError
 from service.api.prometheus import Metrics
@@ -19,6 +19,7 @@ from service.engine import Engine, open_engine
 from service.factory import build_embedder
 from service.labels import LiveLabels
 from service.locking import hold_directory
+from service.maintenance import Maintenance
 from service.pipeline import ClassifyOptions, Pipeline
 from service.results import Outcome
 from service.settings import Settings
@@ -48,6 +49,8 @@ class ServiceState:
         self._dir_lock: IO[str] | None = None
         self._client: Any = None
         self._next_check = 0.0
+        self.maintenance = Maintenance(lambda: self.pipeline.index if self.pipeline else None,
+                                       on_compacted=self._compacted)
 
     @property
     def server_mode(self) -> bool:
@@ -68,6 +71,7 @@ class ServiceState:
             if finished:
                 log.warning("finished %d label write(s) that a crash had interrupted", finished)
             self._install(index)
+            self.maintenance.start()
         except LabelrankError as exc:
             self.error = f"{exc.code}: {exc.message}"
         except Exception as exc:  # a readiness answer, not a crash: /readyz reports it
@@ -77,7 +81,8 @@ class ServiceState:
             log.error("labelrank is not ready: %s", self.error)
 
     def close(self) -> None:
-        """Release the index directory."""
+        """Stop the upkeep, then release the index directory."""
+        self.maintenance.stop()
         if self._dir_lock is not None:
             self._dir_lock.close()
             self._dir_lock = None
@@ -118,8 +123,7 @@ class ServiceState:
             return
         self._next_check = time.monotonic() + self.settings.index_refresh_s
         with self.labels.lock:
-            vectors = self._client.get_collection(f"{self.settings.collection}-vectors")
-            stored = vectors.metadata or {}
+            stored = index_metadata(self._client, self.settings.collection)
             if stored.get("catalog_hash") != self.pipeline.index.fingerprint()["catalog_hash"]:
                 log.info("labels changed on the Chroma server: reloading them")
                 self._install(self._open_index())
@@ -136,6 +140,10 @@ class ServiceState:
         if self.labels is not None:
             engine.labels.lock = self.labels.lock  # one writer at a time across reloads
         self.engine, self.pipeline, self.labels = engine, engine.pipeline, engine.labels
+
+    def _compacted(self, dropped: int, seconds: float) -> None:
+        self.metrics.compactions.inc()
+        self.metrics.compaction_seconds.observe(seconds)
 
     def _run_micro(self, texts: Sequence[str],
                    key: tuple[Pipeline, ClassifyOptions]) -> list[Outcome]:
@@ -154,6 +162,7 @@ class ServiceState:
             count = len(self.pipeline.index.labels)
             checks["labels"] = count
             self.metrics.labels.set(count)
+            self.metrics.dead_slots.set(self.pipeline.index.dead_slots())
         checks["ready"] = bool(checks["embedder"] and checks["index"] and checks["labels"])
         self.metrics.ready.set(int(bool(checks["ready"])))
         if self.pipeline is not None and self.pipeline.selector is not None:
