@@ -147,7 +147,8 @@ def load_examples(path: str | Path, catalog: Catalog,
                   skipped: list[SkippedRow] | None = None) -> dict[str, list[str]]:
     """Read labeled texts (JSONL `{text, labels}` or CSV `label_id,text`) as examples per label.
     A bad row (unreadable, no text, no labels, an unknown label id) raises CatalogError, unless
-    `skipped` is given: then the row is left out and listed there."""
+    `skipped` is given: then the row is left out and listed there. A file with no good row at
+    all is the wrong file, not a dirty one: its first bad row raises either way."""
     examples: dict[str, list[str]] = {}
     for text, label_ids in load_labelled(path, catalog, skipped):
         for label_id in label_ids:
@@ -163,15 +164,19 @@ def load_labelled(path: str | Path, catalog: Catalog,
     if not path.is_file():
         raise CatalogError(f"examples file not found: {path}", path=str(path))
     rows: list[tuple[str, tuple[str, ...]]] = []
+    first_bad: CatalogError | None = None
     for line_no, row in _rows(path, tolerate=skipped is not None):
         try:
             label_ids, text = _example(row, path, line_no, catalog)
         except CatalogError as exc:
             if skipped is None:
                 raise
+            first_bad = first_bad or exc
             skipped.append(SkippedRow(str(path), line_no, str(exc).split(": ", 1)[-1]))
             continue
         rows.append((text, tuple(label_ids)))
+    if first_bad is not None and not rows:
+        raise first_bad
     return rows
 
 
