@@ -22,7 +22,8 @@ from retrieval.iterables import chunks
 from retrieval.journal import STALE_S, Journal
 
 SCHEMA_VERSION = 1
-KINDS = ("name", "alias", "description", "example")
+KINDS = ("name", "alias", "description", "example", "prototype")
+PROTOTYPE = "prototype"
 _WRITE_BATCH = 4096
 _LABEL_CHUNK = 256
 _PAGE = 5000
@@ -133,13 +134,18 @@ class LabelIndex(Compaction):
     """Label vectors and label records in two Chroma collections, guarded by the embedder name."""
 
     def __init__(self, client, embedder: Embedder, name: str = "labelrank",
-                 hnsw: dict | None = None) -> None:
+                 hnsw: dict | None = None, prototypes: bool | None = None) -> None:
         self.embedder = embedder
         self._client, self._name = client, name
         self._config = {"hnsw": {"space": "cosine", **(hnsw or {})}}
         self._generation = generations.current(client, name)
         self._vectors, self._records = self._open(self._generation)
         self._check_embedder(self._vectors.metadata or {})
+        # A label's prototype is the normalised mean of its example vectors, one more vector of
+        # kind "prototype" ("describe a class by the statistics of its examples"): on once an
+        # index is built with it, until it is built without.
+        stored_flag = bool((self._vectors.metadata or {}).get("prototypes"))
+        self.prototypes = stored_flag if prototypes is None else prototypes
         self._journal = Journal(client, name)
         self._lock = threading.RLock()
         self._gate = Gate()  # reads pass it; a compaction's switch closes it
@@ -153,6 +159,8 @@ class LabelIndex(Compaction):
         # Graph slots written in this generation: live rows plus tombstones (see generations).
         self._slots = int((self._vectors.metadata or {}).get("slots")
                           or self._count + len(self._labels))
+        if self.prototypes != stored_flag:
+            self._set_meta(prototypes=self.prototypes)
 
     # -- reading -------------------------------------------------------------
 
@@ -285,7 +293,7 @@ class LabelIndex(Compaction):
             # A full sync trusts only Chroma; a partial one (API edits) the copy in memory.
             stored = self._stored_hashes() if prune else dict(self._hashes)
             changed = [lab for lab in catalog.labels.values()
-                       if stored.get(lab.id) != lab.content_hash()]
+                       if stored.get(lab.id) != self._hash(lab)]
             report.labels_unchanged = len(catalog) - len(changed)
             report.changed_ids = [lab.id for lab in changed]
             removed = sorted(set(stored) - set(catalog.labels)) if prune else []
@@ -404,6 +412,8 @@ class LabelIndex(Compaction):
         """Which vectors of these labels are new (to embed) and which are stale (to delete)."""
         wanted = {vector_id(lab.id, kind, text): (lab.id, kind, text)
                   for lab in labels for kind, text in label_texts(lab)}
+        if self.prototypes:
+            wanted.update(entry for lab in labels if (entry := _prototype_entry(lab)))
         existing = set(self._vector_ids_of([lab.id for lab in labels if lab.id in stored]))
         new_ids = [vid for vid in wanted if vid not in existing]
         return _ChunkPlan(list(labels), wanted, new_ids, sorted(existing - set(wanted)))
@@ -414,10 +424,31 @@ class LabelIndex(Compaction):
         name_rows = [row_of.get(vector_id(lab.id, "name", lab.name)) for lab in plan.labels]
         missing = [lab.name for lab, row in zip(plan.labels, name_rows, strict=True)
                    if row is None]
-        vectors = self.embedder.embed([plan.wanted[vid][2] for vid in plan.new_ids] + missing)
-        extra = iter(range(len(plan.new_ids), len(vectors)))
+        texts = [plan.wanted[vid][2] for vid in plan.new_ids
+                 if plan.wanted[vid][1] != PROTOTYPE]
+        vectors = self.embedder.embed(texts + missing)
+        extra = iter(range(len(texts), len(vectors)))
         names = vectors[[next(extra) if row is None else row for row in name_rows]]
-        return vectors[:len(plan.new_ids)], names
+        return self._with_prototypes(plan, vectors[:len(texts)]), names
+
+    def _with_prototypes(self, plan: _ChunkPlan, embedded: np.ndarray) -> np.ndarray:
+        """The plan's new vectors in `new_ids` order: embedded texts, and for each new
+        prototype the normalised mean of its label's example vectors (new or stored)."""
+        prototypes = [vid for vid in plan.new_ids if plan.wanted[vid][1] == PROTOTYPE]
+        if not prototypes:
+            return embedded
+        texts = [vid for vid in plan.new_ids if plan.wanted[vid][1] != PROTOTYPE]
+        known = dict(zip(texts, embedded, strict=True))
+        examples = {vid: label for vid, (label, kind, _) in plan.wanted.items()
+                    if kind == "example"}
+        known.update(self.embeddings([vid for vid in examples if vid not in known]))
+        by_label: dict[str, list[np.ndarray]] = {}
+        for vid, label in examples.items():
+            by_label.setdefault(label, []).append(known[vid])
+        for vid in prototypes:
+            mean = np.mean(by_label[plan.wanted[vid][0]], axis=0)
+            known[vid] = (mean / np.linalg.norm(mean)).astype(np.float32)
+        return np.stack([known[vid] for vid in plan.new_ids]) if plan.new_ids else embedded
 
     def _store(self, plan: _ChunkPlan, vectors: np.ndarray, names: np.ndarray,
                report: SyncReport) -> None:
@@ -442,7 +473,7 @@ class LabelIndex(Compaction):
         self._records.upsert(
             ids=[lab.id for lab in plan.labels], embeddings=names,
             documents=[_label_json(lab) for lab in plan.labels],
-            metadatas=[{"hash": lab.content_hash(), "parent": lab.parent or "",
+            metadatas=[{"hash": self._hash(lab), "parent": lab.parent or "",
                         "examples": len(lab.examples)} for lab in plan.labels],
         )
         self._journal.end(key)
@@ -488,11 +519,15 @@ class LabelIndex(Compaction):
         labels, hashes = dict(self._labels), dict(self._hashes)
         for label in written:
             labels[label.id] = replace(label, examples=())
-            hashes[label.id] = label.content_hash()
+            hashes[label.id] = self._hash(label)
         for label_id in removed:
             labels.pop(label_id, None)
             hashes.pop(label_id, None)
         self._labels, self._hashes = labels, hashes
+
+    def _hash(self, label: Label) -> str:
+        """What a label's stored hash must be: its content, and whether it has a prototype."""
+        return label.content_hash() + ("+prototype" if self.prototypes else "")
 
     def _catalog_hash(self) -> str:
         digest = hashlib.sha256()
@@ -519,6 +554,17 @@ def _pages(collection, include: list[str]) -> Iterator[tuple[str, dict, str, obj
         if count < _PAGE:
             return
         offset += _PAGE
+
+
+def _prototype_entry(label: Label) -> tuple[str, tuple[str, str, str]] | None:
+    """The id and row of a label's prototype (None without examples): named after its example
+    texts, so a change of examples writes a new prototype and retires the old one."""
+    texts = sorted(text for kind, text in label_texts(label) if kind == "example")
+    if not texts:
+        return None
+    digest = hashlib.sha1("\x1f".join(texts).encode()).hexdigest()[:16]
+    return (f"{label.id}\x1f{PROTOTYPE}-{digest}",
+            (label.id, PROTOTYPE, f"mean of {len(texts)} examples"))
 
 
 def _label_json(label: Label) -> str:

@@ -87,6 +87,7 @@ def check_index(settings: Settings) -> list[Finding]:
         return [Finding("warning", "no_index", f"no index in {settings.db} yet: run "
                         "`labelrank index CATALOG` (serve starts, but answers 503 until then)")]
     from retrieval.index import chroma_client, index_metadata
+    from service.factory import index_embedder
 
     try:
         # Closed at once: an embedded index's memory is freed only once no client holds it.
@@ -97,7 +98,7 @@ def check_index(settings: Settings) -> list[Finding]:
                         f"cannot open collection {settings.collection!r} at {where}: "
                         f"{type(exc).__name__}: {str(exc)[:200]}")]
     built_with = meta.get("embedder")
-    if built_with != settings.embedder:
+    if built_with != index_embedder(settings, built_with):
         return [Finding("error", "index_embedder_mismatch",
                         f"the index at {where} was built with embedder {built_with!r}, but "
                         f"LABELRANK_EMBEDDER is {settings.embedder!r}: queries would be refused; "

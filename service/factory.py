@@ -13,7 +13,7 @@ from prompts.template import load_prompt
 from retrieval.decision import Threshold
 from retrieval.embedder import Embedder
 from retrieval.fusion import Aggregation
-from retrieval.index import LabelIndex, chroma_client
+from retrieval.index import LabelIndex, chroma_client, index_metadata
 from retrieval.retriever import Retriever
 from retrieval.stages import CandidateStage
 from service.pipeline import Pipeline, Selector
@@ -35,7 +35,7 @@ def _embedder_spec(settings: Settings) -> tuple:
 
 def embedder_factory(settings: Settings) -> Callable[[], Embedder]:
     """A picklable constructor of the configured embedder, for a worker process."""
-    return partial(make_embedder, *_embedder_spec(settings))
+    return partial(make_embedder, *_embedder_spec(with_index_embedder(settings)))
 
 
 @lru_cache(maxsize=4)
@@ -44,8 +44,34 @@ def _cached_embedder(spec: tuple) -> Embedder:
 
 
 def build_embedder(settings: Settings) -> Embedder:
-    """The configured embedder, loaded once per process."""
-    return _cached_embedder(_embedder_spec(settings))
+    """The configured embedder (or the index's own, see `with_index_embedder`), loaded once
+    per process."""
+    return _cached_embedder(_embedder_spec(with_index_embedder(settings)))
+
+
+def with_index_embedder(settings: Settings) -> Settings:
+    """Settings whose embedder is the one the index records, when the user set none and it
+    is a model directory on this machine (`labelrank fit` keeps a tuned one inside the index
+    directory): an index answers with the model that built it without being told."""
+    if "embedder" in settings.model_fields_set or (
+            settings.chroma_host is None and not (settings.db / "chroma.sqlite3").is_file()):
+        return settings
+    try:
+        client = chroma_client(settings.db, settings.chroma_host, settings.chroma_port)
+        stored = index_metadata(client, settings.collection).get("embedder")
+    except Exception:  # no index yet, or none readable: opening it will say why
+        return settings
+    return (settings.model_copy(update={"embedder": stored})
+            if index_embedder(settings, stored) != settings.embedder else settings)
+
+
+def index_embedder(settings: Settings, stored: object) -> str:
+    """The embedder to open an index with that records `stored`: the configured one when set
+    explicitly, else the recorded one if it is a model directory here."""
+    if ("embedder" not in settings.model_fields_set and isinstance(stored, str)
+            and stored != settings.embedder and Path(stored).is_dir()):
+        return stored
+    return settings.embedder
 
 
 def build_index(settings: Settings, embedder: Embedder | None = None) -> LabelIndex:
@@ -53,8 +79,10 @@ def build_index(settings: Settings, embedder: Embedder | None = None) -> LabelIn
     client = chroma_client(settings.db, settings.chroma_host, settings.chroma_port)
     hnsw = {"ef_construction": settings.hnsw_ef_construction,
             "ef_search": settings.hnsw_ef_search, "max_neighbors": settings.hnsw_max_neighbors}
+    # An explicit LABELRANK_PROTOTYPES turns prototypes on or off; unset, the index keeps its own.
+    prototypes = settings.prototypes if "prototypes" in settings.model_fields_set else None
     return LabelIndex(client, embedder or build_embedder(settings), name=settings.collection,
-                      hnsw=hnsw)
+                      hnsw=hnsw, prototypes=prototypes)
 
 
 @lru_cache(maxsize=16)
@@ -132,9 +160,12 @@ def shape_default(example_counts: Sequence[int]) -> dict[str, object]:
 
 
 def effective_settings(settings: Settings, index: LabelIndex) -> Settings:
-    """Settings with the index's calibration applied where the user set nothing explicitly."""
+    """Settings with the index's calibration (and the embedder it was opened with) applied
+    where the user set nothing explicitly."""
     updates = {name: value for name, value in _saved(index).items()
                if name not in settings.model_fields_set}
+    if "embedder" not in settings.model_fields_set and index.embedder.name != settings.embedder:
+        updates["embedder"] = index.embedder.name
     return settings.model_copy(update=updates) if updates else settings
 
 

@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     embed_threads: int | None = Field(None, ge=1)
     index_worker_min_texts: int = Field(20_000, ge=0)
     max_examples_per_label: int = Field(0, ge=0)
+    prototypes: bool = False
     hnsw_ef_construction: int = Field(100, ge=8)
     hnsw_ef_search: int = Field(100, ge=8)
     hnsw_max_neighbors: int = Field(16, ge=4)
