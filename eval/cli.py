@@ -11,7 +11,7 @@ import typer
 from eval import commands as eval_commands
 from eval import doctor_catalog
 from eval.console_runs import runs_routers
-from service.cli import batch, classify, doctor, index, llm, serve, tune
+from service.cli import batch, classify, doctor, fit, index, llm, serve, tune
 from service.cli.common import ErrorReportingGroup
 
 
@@ -22,7 +22,7 @@ def build_app() -> typer.Typer:
     for group in (index, classify):
         group.register(app)
     serve.register(app, pages=runs_routers)  # the console's Runs pages read eval's run files
-    for group in (batch, eval_commands, tune, llm):
+    for group in (batch, eval_commands, fit, tune, llm):
         group.register(app)
     checks = typer.Typer(no_args_is_help=True,
                          help="Find misconfiguration and catalog problems before serving.")

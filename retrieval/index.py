@@ -102,6 +102,14 @@ def index_metadata(client, name: str = "labelrank") -> dict:
     return dict(client.get_collection(vectors).metadata or {})
 
 
+def drop_index(client, name: str = "labelrank") -> None:
+    """Delete every collection of an index (all its generations), so that the name can be
+    built again from scratch, with another embedder if need be."""
+    for collection in client.list_collections():
+        if collection.name.startswith((f"{name}-vectors", f"{name}-labels")):
+            client.delete_collection(collection.name)
+
+
 def label_texts(label: Label) -> list[tuple[str, str]]:
     """The (kind, text) pairs that represent a label in the index, without repeats."""
     pairs = [("name", label.name)]

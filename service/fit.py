@@ -1,0 +1,254 @@
+"""`labelrank fit`: a catalog with examples becomes a tuned (when that wins), prototype-aware,
+calibrated index; every choice is made on a dev split the index never holds.
+
+The stages, each skipped on a rerun whose inputs did not change (state in DB/labelrank-fit/):
+split, index with the base model, calibrate it, tune a copy of the model within the time budget,
+index and calibrate with the tuned model, keep whichever wins on the dev split, save the winner's
+calibration (thresholds set for the share of out-of-scope traffic the user expects).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from retrieval.calibration import Calibration, calibration_record
+from retrieval.calibration_search import SearchSpace, search_settings
+from retrieval.catalog import Catalog, SkippedRow, load_catalog, load_labelled
+from retrieval.errors import LabelrankError
+from retrieval.index import LabelIndex, chroma_client, drop_index
+from retrieval.splits import holdout
+from retrieval.tune.train import PROVENANCE_FILE, TuneConfig, tune
+from service.factory import build_index
+from service.indexing import index_catalog
+from service.settings import Settings
+
+WORK_DIR = "labelrank-fit"
+# The tuned model must beat the base one on the dev split by more than this (dev-set noise:
+# a 0.2-point dev win on CLINC150 was a loss on held-out text).
+TUNE_MARGIN = 0.005
+
+Progress = Callable[[str], None]
+Rows = list[tuple[str, tuple[str, ...]]]
+
+
+class FitError(LabelrankError):
+    """Raised when fit cannot start: no examples, or no dev texts to choose anything on."""
+
+    code = "fit_refused"
+    status = 422
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """What fit may spend and what it aims at."""
+
+    minutes: float = 20.0  # the tuning budget
+    none_share: float | None = None  # expected out-of-scope share; None: the dev split's
+    dev_share: float = 0.2  # of each label's examples, when no dev file is given
+    max_pairs: int | None = None
+    min_texts_per_s: float = 0.0
+    epochs: int = 1
+    learning_rate: float = 5e-5
+    batch_size: int = 32
+
+
+@dataclass
+class FitReport:
+    """What fit did: time per stage, the model kept and why, settings and dev figures."""
+
+    train_texts: int = 0
+    dev_texts: int = 0
+    skipped_rows: list[str] = field(default_factory=list)
+    none_share: float | None = None  # None: no out-of-scope dev text to weigh
+    model: str = "base"
+    why: str = ""
+    base: dict = field(default_factory=dict)
+    tuned: dict | None = None
+    settings: dict = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
+
+
+def fit(settings: Settings, catalog_path: Path, example_paths: Sequence[Path],
+        dev_path: Path | None = None, config: FitConfig = FitConfig(),
+        progress: Progress = lambda _: None) -> FitReport:
+    """Run every stage (see the module docstring); returns the report, also saved as JSON."""
+    report = FitReport()
+    work = settings.db / WORK_DIR
+    work.mkdir(parents=True, exist_ok=True)
+    state = _State(work / "state.json")
+    with _stage(report, "split", progress):
+        catalog, rows = _without_examples(load_catalog(catalog_path))
+        skipped: list[SkippedRow] = []
+        rows += [row for path in example_paths for row in load_labelled(path, catalog, skipped)]
+        report.skipped_rows = [str(s) for s in skipped]
+        train, dev = _split(rows, catalog, dev_path, config.dev_share, skipped)
+        report.train_texts, report.dev_texts = len(train), len(dev)
+        report.none_share = _none_share(dev, config.none_share)
+    run_key = _digest({"catalog": catalog.fingerprint(), "train": train, "dev": dev,
+                       "config": asdict(config), "embedder": settings.embedder,
+                       "none_share": report.none_share})
+    if state.get("done") == run_key and (work / "report.json").is_file():
+        done = FitReport(**json.loads((work / "report.json").read_text()))
+        done.reused, done.seconds = ["everything: the inputs are those of the last run"], {}
+        return done
+    examples_key = _digest({"rows": train, "base": settings.embedder,
+                            "tuning": [config.epochs, config.learning_rate, config.batch_size,
+                                       config.max_pairs]})
+    indexed = _with_examples(catalog, train)
+    base_settings = _candidate(settings, work / "base-db", settings.embedder)
+    with _stage(report, "index (base)", progress):
+        index_catalog(base_settings, indexed)
+        base = build_index(base_settings)
+    with _stage(report, "calibrate (base)", progress):
+        base_cal = _calibrate(settings, base, dev, report.none_share, config)
+        report.base = _figures(base_cal)
+    model_dir = work / "model"
+    with _stage(report, "tune", progress):
+        if state.get("tuned_for") == examples_key and (model_dir / PROVENANCE_FILE).is_file():
+            report.reused.append("tune")
+        else:
+            _retune(base, train, work, model_dir, config)
+            state.set("tuned_for", examples_key)
+    tuned_settings = _candidate(settings, work / "tuned-db", str(model_dir))
+    with _stage(report, "index (tuned)", progress):
+        index_catalog(tuned_settings, indexed)
+        tuned = build_index(tuned_settings)
+    with _stage(report, "calibrate (tuned)", progress):
+        tuned_cal = _calibrate(settings, tuned, dev, report.none_share, config)
+        report.tuned = _figures(tuned_cal)
+    keep = tuned_cal.value > base_cal.value + TUNE_MARGIN
+    report.model = "tuned" if keep else "base"
+    report.why = (f"dev {base_cal.metric}: base {base_cal.value:.4f}, tuned "
+                  f"{tuned_cal.value:.4f}: the tuned model "
+                  + ("wins" if keep else f"does not win by more than {TUNE_MARGIN}"))
+    best = tuned_cal if keep else base_cal
+    final_settings = settings.model_copy(update={
+        "embedder": str(model_dir) if keep else settings.embedder, "prototypes": True})
+    with _stage(report, "index (final)", progress):
+        if state.get("final_embedder") not in (None, final_settings.embedder):
+            # Another model won last time: its vectors cannot stay beside this one's.
+            drop_index(chroma_client(settings.db, settings.chroma_host, settings.chroma_port),
+                       settings.collection)
+        index_catalog(final_settings, indexed)
+        state.set("final_embedder", final_settings.embedder)
+        final = build_index(final_settings)
+    dev_set = {"name": "fit dev split", "n": len(dev), "sha256": _digest(dev),
+               "none_share": report.none_share}
+    final.save_calibration(calibration_record(best, "labeled", dev_set))
+    report.settings = best.settings()
+    (work / "report.json").write_text(json.dumps(asdict(report), indent=1))
+    state.set("done", run_key)
+    return report
+
+
+def _candidate(settings: Settings, db: Path, embedder: str) -> Settings:
+    """Settings of a candidate index in the work directory (always embedded, never a server)."""
+    return settings.model_copy(update={"db": db, "chroma_host": None, "embedder": embedder,
+                                       "prototypes": True})
+
+
+def _split(rows: Rows, catalog: Catalog, dev_path: Path | None, share: float,
+           skipped: list[SkippedRow]) -> tuple[Rows, Rows]:
+    """(train, dev): the given dev file, or a stratified share of the examples."""
+    if dev_path is not None:
+        dev = load_labelled(dev_path, catalog, skipped)
+        return [r for r in rows if r[1]], dev
+    train_rows, dev_rows = holdout([labels for _, labels in rows], share,
+                                   [text for text, _ in rows])
+    train, dev = [rows[i] for i in train_rows], [rows[i] for i in dev_rows]
+    if not train:
+        raise FitError("no example texts: fit needs labelled examples (in the catalog's lines "
+                       "or --examples FILE)")
+    if not dev:
+        raise FitError("no dev texts: every label has a single example; give --dev FILE")
+    return train, dev
+
+
+def _without_examples(catalog: Catalog) -> tuple[Catalog, Rows]:
+    """The catalog without the examples written in its lines, and those as labelled rows: they
+    are split like the rows of an examples file."""
+    rows: Rows = [(text, (label.id,)) for label in catalog.labels.values()
+                  for text in label.examples]
+    return Catalog({lid: replace(label, examples=()) for lid, label in catalog.labels.items()}
+                   ), rows
+
+
+def _none_share(dev: Rows, asked: float | None) -> float | None:
+    """The out-of-scope share to calibrate for: asked, else the dev split's, else the default;
+    None when the dev split has no out-of-scope text to weigh."""
+    share = sum(not labels for _, labels in dev) / len(dev)
+    if not share:
+        return None
+    return asked if asked is not None else share
+
+
+def _with_examples(catalog: Catalog, rows: Rows) -> Catalog:
+    examples: dict[str, list[str]] = {}
+    for text, labels in rows:
+        for label in labels:
+            examples.setdefault(label, []).append(text)
+    return catalog.with_examples(examples)
+
+
+def _calibrate(settings: Settings, index: LabelIndex, dev: Rows, none_share: float | None,
+               config: FitConfig) -> Calibration:
+    texts, gold = [t for t, _ in dev], [list(labels) for _, labels in dev]
+    metric = "f1_samples" if any(len(g) > 1 for g in gold) else "accuracy"
+    best, _ = search_settings(index, texts, gold, settings.top_k, metric, SearchSpace(),
+                              config.min_texts_per_s, none_share=none_share)
+    return best
+
+
+def _retune(base: LabelIndex, train: Rows, work: Path, model_dir: Path,
+            config: FitConfig) -> None:
+    import shutil
+
+    shutil.rmtree(model_dir, ignore_errors=True)
+    examples = work / "train.jsonl"
+    examples.write_text("".join(json.dumps({"text": t, "labels": list(labels)}) + "\n"
+                                for t, labels in train))
+    tune(base, examples, model_dir, TuneConfig(
+        epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
+        max_pairs=config.max_pairs, max_seconds=config.minutes * 60))
+
+
+def _figures(cal: Calibration) -> dict:
+    return {"metric": cal.metric, "value": round(cal.value, 4),
+            "candidate_recall": round(cal.candidate_recall, 4), "setting": cal.describe()}
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@contextmanager
+def _stage(report: FitReport, name: str, progress: Progress) -> Iterator[None]:
+    """Say that a stage starts; time it into the report."""
+    progress(f"{name} ...")
+    started = time.perf_counter()
+    yield
+    report.seconds[name] = round(time.perf_counter() - started, 1)
+
+
+class _State:
+    """A tiny JSON file of what earlier runs finished, so a rerun skips it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.is_file() else {}
+
+    def get(self, key: str) -> object:
+        """A recorded value, or None."""
+        return self.data.get(key)
+
+    def set(self, key: str, value: object) -> None:
+        """Record a value, on disk at once."""
+        self.data[key] = value
+        self.path.write_text(json.dumps(self.data, indent=1))
