@@ -11,9 +11,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from eval.cache import CachedRetriever, CachedSelector, Store
+from eval.cache import CachedRetriever
 from eval.datasets import Dataset
 from eval.metrics import evaluate, is_single_label
+from prompts.answer_cache import CachedSelector, Store
 from prompts.selector import LLMSelector
 from retrieval.taxonomy import taxonomy_of
 from service.engine import Engine

@@ -10,6 +10,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from prompts.selector import Usage
 from service.pricing import token_cost
 
 
@@ -26,6 +27,8 @@ class Stats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     started: float = field(default_factory=time.monotonic)
+    cached_answers: int = 0  # LLM answers this run took from the answer cache
+    cached_usage: Usage = field(default_factory=Usage)  # what they had cost when asked
 
     def count(self, record: dict) -> None:
         """Tally one output record."""
@@ -101,6 +104,11 @@ def summary(stats: Stats, model: str, prices: dict[str, tuple[float, float]],
                  if cost is not None else f"no price for {model!r} in LABELRANK_LLM_PRICES")
         lines.append(f"  tokens: {stats.prompt_tokens} prompt + {stats.completion_tokens} "
                      f"completion; {money}")
+    if stats.cached_answers:
+        saved = stats.cached_usage
+        lines.append(f"  LLM answers from the cache: {stats.cached_answers} (no request; "
+                     f"{saved.prompt_tokens} prompt + {saved.completion_tokens} completion "
+                     "tokens of the above not spent again)")
     lines.append(f"  {time.monotonic() - stats.started:.1f} s, {stats.rate:.1f} records/s")
     return "\n".join(lines)
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from prompts.answer_cache import CachedSelector, Store
+from prompts.selector import LLMSelector
 from retrieval.iterables import chunks
 from service.batch.io import (
     InputFormat,
@@ -41,6 +43,7 @@ class BatchOptions:
     chunk_size: int | None = None
     candidates: bool = True
     force: bool = False
+    cache_dir: Path | None = None  # LLM answers per exact request, shared with eval
 
 
 DEFAULTS = BatchOptions()
@@ -54,6 +57,10 @@ def run_batch(engine: Engine, source: str, output: Path, options: BatchOptions =
     fmt = resolve_format(source, options.input_format)
     config = run_config(engine, mode, "online", options.text_field, options.id_field)
     stats = Stats(total=count_records(source, fmt))
+    answers = (CachedSelector(pipeline.selector, Store(options.cache_dir / "cache.sqlite"))
+               if mode == "llm" and options.cache_dir and isinstance(pipeline.selector,
+                                                                    LLMSelector) else None)
+    pipeline = pipeline.with_parts(selector=answers) if answers else pipeline
 
     def seen(record: dict) -> None:
         stats.count(record)
@@ -69,6 +76,8 @@ def run_batch(engine: Engine, source: str, output: Path, options: BatchOptions =
                                           settings.llm_concurrency):
                 writer.write(records)
                 progress.advance(records)
+    if answers:
+        stats.cached_answers, stats.cached_usage = answers.hits, answers.saved
     return stats
 
 

@@ -37,6 +37,9 @@ def batch(
     force: Annotated[bool, typer.Option("--force", "--continue-anyway", help=(
         "Continue although OUTPUT was written with another index or settings."))] = False,
     openai_batch: Annotated[str | None, typer.Option(help="prepare | collect")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help=(
+        "Ask the LLM again even where the same request was answered before (the answer "
+        "cache in .labelrank-cache/, shared with eval)."))] = False,
     engine_name: Annotated[str, typer.Option("--engine", help=(
         "local (one process) | ray (shards on Ray workers; INPUT a file or a directory, "
         "OUTPUT a directory)"))] = "local",
@@ -81,7 +84,8 @@ def batch(
     settings = engine.settings
     options = BatchOptions(mode=parse_mode(mode), text_field=text_field, id_field=id_field,
                            input_format=cast(InputFormat, input_format), chunk_size=chunk_size,
-                           candidates=candidates, force=force)
+                           candidates=candidates, force=force,
+                           cache_dir=None if no_cache else Path(".labelrank-cache"))
     if openai_batch == "prepare":
         done = prepare(engine, input_path, output, options)
         typer.echo(f"prepared {done['requests']} requests for {done['items']} records "

@@ -1,0 +1,84 @@
+"""LLM answers remembered per exact request, so a rerun pays only for requests that changed
+(eval iterating on settings, a batch rerun with --force); plus the small store behind it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from prompts.render import Option
+from prompts.selector import DIALECTS, LLMSelector, Selection, Usage
+
+
+class Store:
+    """A tiny thread-safe key-value store in SQLite."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False)
+        self._db.execute("CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT)")
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, str]:
+        """Values of the keys that are present."""
+        found: dict[str, str] = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start:start + 500])
+                marks = ",".join("?" * len(chunk))
+                found.update(self._db.execute(
+                    f"SELECT key, value FROM kv WHERE key IN ({marks})", chunk).fetchall())
+        self.hits += len(found)
+        self.misses += len(set(keys)) - len(found)
+        return found
+
+    def put_many(self, items: dict[str, str]) -> None:
+        """Store values (replacing any)."""
+        with self._lock:
+            self._db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?)", items.items())
+            self._db.commit()
+
+
+def cache_key(*parts: object) -> str:
+    """A stable key for JSON-able parts."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class CachedSelector:
+    """An LLMSelector whose answers are remembered per (endpoint, exact request body)."""
+
+    def __init__(self, selector: LLMSelector, store: Store) -> None:
+        self.inner = selector
+        self.store = store
+        self.hits = 0
+        self.saved = Usage()  # tokens the cached answers cost when they were asked
+        self._lock = threading.Lock()
+
+    def select(self, text: str, options: Sequence[Option], max_labels: int) -> Selection:
+        """A cached answer, or a real call whose successful answer is then cached."""
+        rendered = self.inner.prompt(text, options, max_labels)
+        configured = self.inner.config.response_format
+        # The body in the first dialect the configuration asks for, not the one learnt since:
+        # a new run (which starts from that dialect) finds what an earlier run stored.
+        body = self.inner.request(rendered, DIALECTS[0] if configured == "auto" else configured)
+        key = cache_key("llm", str(self.inner.client.base_url), configured, body,
+                        rendered.slots, max_labels)
+        hit = self.store.get_many([key])
+        if hit:
+            data = json.loads(hit[key])
+            selection = Selection(**{**data, "usage": Usage(**data["usage"]), "attempts": 0})
+            with self._lock:
+                self.hits += 1
+                self.saved = self.saved + selection.usage
+            return selection
+        selection = self.inner.select(text, options, max_labels)
+        self.store.put_many({key: json.dumps({**asdict(selection),
+                                              "usage": selection.usage.model_dump()})})
+        return selection
