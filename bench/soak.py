@@ -1,15 +1,18 @@
-"""Bounded soak test of `labelrank serve` on loopback: concurrent clients, label churn, LLM faults.
+"""Soak test of `labelrank serve` on loopback: concurrent clients, label churn, LLM faults, RSS.
 
     nice -n 10 .venv/bin/python bench/soak.py [--clients 16] [--seconds 60] [--fault-rate 0.1]
+        [--churn-every 0.2] [--sample-s 5] [--slope-minutes 20] [--png FILE.png] [--out FILE.json]
 
 Indexes the demo catalog into a temp dir and starts `labelrank serve` against a fake
 OpenAI-compatible LLM in this process (tests/fake_openai.py) that answers a share
 `--fault-rate` of requests with a random fault (429, 5xx, hang, dropped connection, invalid or
-schema-violating JSON, unknown or duplicate ids, too many labels, empty choice, slow stream).
-`--clients` closed-loop clients classify for `--seconds` while one more client creates, renames
-and deletes labels. Reports requests served, errors (non-200 answers and transport errors),
-degraded share, latency percentiles, and the server's RSS at start and end with samples in
-between. Nothing leaves loopback.
+schema-violating JSON, unknown or duplicate ids, too many labels, empty choice, slow stream,
+slow headers). `--clients` closed-loop clients classify for `--seconds` while one more client
+creates, renames and deletes labels (one write every `--churn-every` seconds, 0: none) and
+reads each label back after each write. Reports requests served, errors (non-200 answers and
+transport errors), writes not visible to the next read, degraded share, latency percentiles,
+the server's RSS every `--sample-s` seconds, and the least-squares slope of RSS over the last
+`--slope-minutes` minutes; `--png` draws that curve. Nothing leaves loopback.
 """
 
 from __future__ import annotations
@@ -40,6 +43,53 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def slope_mb_per_s(curve: list[tuple[float, float]], window_s: float) -> tuple[float, float]:
+    """Least-squares slope of (seconds, MB) over the last `window_s` seconds, and the window
+    actually covered (shorter when the run is)."""
+    if not curve:
+        return 0.0, 0.0
+    end = curve[-1][0]
+    points = [(t, mb) for t, mb in curve if t >= end - window_s]
+    if len(points) < 2:
+        return 0.0, 0.0
+    mean_t = statistics.fmean(t for t, _ in points)
+    mean_mb = statistics.fmean(mb for _, mb in points)
+    spread = sum((t - mean_t) ** 2 for t, _ in points)
+    slope = sum((t - mean_t) * (mb - mean_mb) for t, mb in points) / spread if spread else 0.0
+    return slope, points[-1][0] - points[0][0]
+
+
+def plot_rss(curve: list[tuple[float, float]], slope: float, window_s: float, title: str,
+             path: Path) -> None:
+    """The RSS curve with the fitted slope over its window, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    minutes = [t / 60 for t, _ in curve]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    ax.plot(minutes, [mb for _, mb in curve], lw=1.2, label="server RSS")
+    if window_s:
+        end_t = curve[-1][0]
+        start_t = end_t - window_s
+        window = [mb for t, mb in curve if t >= start_t]
+        mid_t, mid_mb = (start_t + end_t) / 2, statistics.fmean(window)
+        ax.plot([start_t / 60, end_t / 60],
+                [mid_mb + slope * (start_t - mid_t), mid_mb + slope * (end_t - mid_t)],
+                "--", color="tab:red",
+                label=f"slope over the last {window_s / 60:.0f} min: {slope:.4f} MB/s")
+    ax.set_xlabel("minutes")
+    ax.set_ylabel("RSS (MB)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def first_traceback(log: str) -> list[str]:
@@ -75,42 +125,57 @@ async def classify_loop(http: httpx.AsyncClient, texts: list[str], offset: int, 
         n += 1
 
 
-async def churn_loop(http: httpx.AsyncClient, until: float, stats: dict) -> None:
-    """Create, rename and delete labels, one write every ~0.2 s."""
+def visible(method: str, body: dict | None, answer: httpx.Response) -> bool:
+    """Whether a read right after a write shows that write."""
+    if method == "DELETE":
+        return answer.status_code == 404
+    return answer.status_code == 200 and answer.json()["name"] == (body or {}).get("name")
+
+
+async def churn_loop(http: httpx.AsyncClient, until: float, every_s: float, stats: dict) -> None:
+    """Create, rename and delete labels, one write every `every_s`, each read back at once."""
     n = 0
     while time.monotonic() < until:
         label = f"soak.{n % 5}"
         steps = [("PUT", {"name": f"Soak {n}", "examples": [f"soak example {n}"]}),
                  ("PATCH", {"name": f"Soak renamed {n}"}), ("DELETE", None)]
         for method, body in steps:
-            answer = await http.request(method, f"/v1/labels/{label}",
-                                        content=json.dumps(body) if body else None,
-                                        headers={"Content-Type": "application/json"})
-            stats["writes"] += 1
-            if answer.status_code != 200:
-                stats["errors"].append(f"write {answer.status_code}: {answer.text[:120]}")
-            await asyncio.sleep(0.2)
+            try:
+                answer = await http.request(method, f"/v1/labels/{label}",
+                                            content=json.dumps(body) if body else None,
+                                            headers={"Content-Type": "application/json"})
+                stats["writes"] += 1
+                if answer.status_code != 200:
+                    stats["errors"].append(f"write {answer.status_code}: {answer.text[:120]}")
+                elif not visible(method, body, await http.get(f"/v1/labels/{label}")):
+                    stats["stale_reads"] += 1
+            except httpx.HTTPError as exc:
+                stats["errors"].append(f"write {type(exc).__name__}: {exc}")
+            await asyncio.sleep(every_s)
         n += 1
 
 
-async def sample_rss(pid: int, until: float, samples: list[float]) -> None:
-    """RSS ten times over the run, to show a trend rather than two points."""
-    interval = max(1.0, (until - time.monotonic()) / 10)
-    while time.monotonic() + interval <= until + 0.5:
-        await asyncio.sleep(interval)
-        samples.append(round(rss_mb(pid), 1))
+async def sample_rss(pid: int, started: float, until: float, every_s: float,
+                     curve: list[tuple[float, float]]) -> None:
+    """(seconds since start, RSS MB) every `every_s` seconds until the end of the run."""
+    while time.monotonic() < until:
+        curve.append((round(time.monotonic() - started, 1), round(rss_mb(pid), 1)))
+        await asyncio.sleep(min(every_s, max(0.0, until - time.monotonic())))
+    curve.append((round(time.monotonic() - started, 1), round(rss_mb(pid), 1)))
 
 
-async def soak(url: str, pid: int, texts: list[str], clients: int, seconds: float) -> dict:
-    stats: dict = {"latencies": [], "errors": [], "degraded": 0, "writes": 0}
-    samples: list[float] = []
-    until = time.monotonic() + seconds
-    limits = httpx.Limits(max_connections=clients + 2)
+async def soak(url: str, pid: int, texts: list[str], args: argparse.Namespace) -> dict:
+    stats: dict = {"latencies": [], "errors": [], "degraded": 0, "writes": 0, "stale_reads": 0,
+                   "rss_curve": []}
+    started = time.monotonic()
+    until = started + args.seconds
+    limits = httpx.Limits(max_connections=args.clients + 2)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
-        await asyncio.gather(*(classify_loop(http, texts, i * 7, until, stats)
-                               for i in range(clients)),
-                             churn_loop(http, until, stats), sample_rss(pid, until, samples))
-    stats["rss_samples_mb"] = samples
+        tasks = [classify_loop(http, texts, i * 7, until, stats) for i in range(args.clients)]
+        if args.churn_every > 0:
+            tasks.append(churn_loop(http, until, args.churn_every, stats))
+        tasks.append(sample_rss(pid, started, until, args.sample_s, stats["rss_curve"]))
+        await asyncio.gather(*tasks)
     return stats
 
 
@@ -119,6 +184,12 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--fault-rate", type=float, default=0.1)
+    parser.add_argument("--churn-every", type=float, default=0.2,
+                        help="seconds between label writes (0: no label churn)")
+    parser.add_argument("--sample-s", type=float, default=5.0, help="RSS sampling interval")
+    parser.add_argument("--slope-minutes", type=float, default=20.0,
+                        help="RSS slope over this many final minutes (the whole run if shorter)")
+    parser.add_argument("--png", type=Path, help="draw the RSS curve into this PNG")
     parser.add_argument("--out", type=Path, help="also write the report as JSON here")
     args = parser.parse_args()
     catalog = [json.loads(line) for line in CATALOG.read_text().splitlines() if line.strip()]
@@ -141,7 +212,7 @@ def main() -> None:
             httpx.post(f"{url}/v1/classify", json={"text": texts[0]}, timeout=60)  # warm up
             rss_start = rss_mb(server.pid)
             started = time.perf_counter()
-            stats = asyncio.run(soak(url, server.pid, texts, args.clients, args.seconds))
+            stats = asyncio.run(soak(url, server.pid, texts, args))
             elapsed = time.perf_counter() - started
             rss_end = rss_mb(server.pid)
             llm_requests = fake.request_count
@@ -153,22 +224,32 @@ def main() -> None:
     latencies = sorted(stats["latencies"])
     served = len(latencies)
     quantiles = statistics.quantiles(latencies, n=100) if served > 1 else [0.0] * 99
+    curve = stats["rss_curve"]
+    slope, window_s = slope_mb_per_s(curve, args.slope_minutes * 60)
     report = {
         "clients": args.clients, "seconds": round(elapsed, 1), "fault_rate": args.fault_rate,
+        "churn_every_s": args.churn_every,
         "served": served, "per_s": round(served / elapsed, 1),
         "errors": len(stats["errors"]), "error_samples": stats["errors"][:5],
         "degraded": stats["degraded"],
         "degraded_share": round(stats["degraded"] / max(served, 1), 4),
-        "label_writes": stats["writes"], "llm_requests": llm_requests,
+        "label_writes": stats["writes"], "stale_reads": stats["stale_reads"],
+        "llm_requests": llm_requests,
         "p50_ms": round(quantiles[49] * 1000, 1), "p99_ms": round(quantiles[98] * 1000, 1),
         "max_ms": round(latencies[-1] * 1000, 1) if latencies else 0.0,
         "rss_start_mb": round(rss_start, 1), "rss_end_mb": round(rss_end, 1),
-        "rss_samples_mb": stats["rss_samples_mb"],
+        "rss_slope_mb_per_s": round(slope, 5), "rss_slope_window_s": round(window_s, 1),
+        "rss_curve": curve,
         "first_server_traceback": first_traceback(server_log),
     }
-    print(json.dumps(report, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k != "rss_curve"}, indent=2))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if args.png:
+        plot_rss(curve, slope, window_s,
+                 f"labelrank serve, {args.clients} clients, label write every "
+                 f"{args.churn_every:g} s, {args.fault_rate:.0%} LLM faults: "
+                 f"{served:,} requests, {len(stats['errors'])} errors", args.png)
 
 
 if __name__ == "__main__":
