@@ -102,13 +102,17 @@ def fit(settings: Settings, catalog_path: Path, example_paths: Sequence[Path],
                             "tuning": [config.epochs, config.learning_rate, config.batch_size,
                                        config.max_pairs]})
     indexed = _with_examples(catalog, train)
-    base_settings = _candidate(settings, work / "base-db", settings.embedder)
-    with _stage(report, "index (base)", progress):
-        index_catalog(base_settings, indexed)
-        base = build_index(base_settings)
-    with _stage(report, "calibrate (base)", progress):
-        base_cal = _calibrate(settings, base, dev, report.none_share, config)
-        report.base = _figures(base_cal)
+    def candidate(name: str, db: Path, embedder: str) -> tuple[LabelIndex, Calibration]:
+        """Index with one model in the work directory, then calibrate on the dev split."""
+        with _stage(report, f"index ({name})", progress):
+            where = _candidate(settings, db, embedder)
+            index_catalog(where, indexed)
+            index = build_index(where)
+        with _stage(report, f"calibrate ({name})", progress):
+            return index, _calibrate(settings, index, dev, report.none_share, config)
+
+    base, base_cal = candidate("base", work / "base-db", settings.embedder)
+    report.base = _figures(base_cal)
     model_dir = work / "model"
     with _stage(report, "tune", progress):
         if state.get("tuned_for") == examples_key and (model_dir / PROVENANCE_FILE).is_file():
@@ -116,13 +120,8 @@ def fit(settings: Settings, catalog_path: Path, example_paths: Sequence[Path],
         else:
             _retune(base, train, work, model_dir, config)
             state.set("tuned_for", examples_key)
-    tuned_settings = _candidate(settings, work / "tuned-db", str(model_dir))
-    with _stage(report, "index (tuned)", progress):
-        index_catalog(tuned_settings, indexed)
-        tuned = build_index(tuned_settings)
-    with _stage(report, "calibrate (tuned)", progress):
-        tuned_cal = _calibrate(settings, tuned, dev, report.none_share, config)
-        report.tuned = _figures(tuned_cal)
+    _, tuned_cal = candidate("tuned", work / "tuned-db", str(model_dir))
+    report.tuned = _figures(tuned_cal)
     keep = tuned_cal.value > base_cal.value + TUNE_MARGIN
     report.model = "tuned" if keep else "base"
     report.why = (f"dev {base_cal.metric}: base {base_cal.value:.4f}, tuned "
