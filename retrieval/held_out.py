@@ -16,14 +16,15 @@ HeldOutText = tuple[str, str, str]  # (label id, kind, text) as `label_texts` gi
 class HeldOutIndex:
     """A read-only view of a LabelIndex for calibration on pseudo-queries: the held-out texts'
     vectors never come back from a search, and held-out names and aliases name nothing to the
-    lexical channel, so a pseudo-query cannot find its label through its own text.
+    lexical channel, so a pseudo-query cannot find its label through its own text; labels
+    taken out of scope are no answer at all.
 
     It has what the retriever and the stages read (labels, embedder, search, nearest_ids,
     embeddings).
     """
 
     def __init__(self, index: LabelIndex, held_out: Iterable[HeldOutText],
-                 per_query: int = 3) -> None:
+                 per_query: int = 3, out_of_scope: Iterable[str] = ()) -> None:
         self.base = index
         self.embedder = index.embedder
         held = list(held_out)
@@ -31,7 +32,12 @@ class HeldOutIndex:
         # A pseudo-query finds its own held-out vectors first (up to `per_query` of them), and
         # now and then another query's: fetch twice that many more, then drop them.
         self.extra = min(len(self.hidden), 2 * per_query)
-        self.labels = _without(index.labels, held)
+        labels = _without(index.labels, held)
+        # A label taken out whole is no answer: no stage ranks or names an unassignable label.
+        for label_id in out_of_scope:
+            if label_id in labels:
+                labels[label_id] = replace(labels[label_id], assignable=False)
+        self.labels = labels
 
     def search(self, vectors: np.ndarray, n: int, with_vectors: bool = False,
                with_texts: bool = True) -> list[list[Hit]]:

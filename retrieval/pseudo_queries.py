@@ -18,9 +18,9 @@ from retrieval.index import LabelIndex, label_texts, vector_id
 COMPOSED_SHARE = 0.4
 FRAGMENT_WORDS = 8  # a description or a long example joins a composed text as its first words
 TERSE_WORDS = 4
-# Below this share of multi-label held-out examples, texts are taken to be single-label.
-MULTI_LABEL_SHARE = 0.05
-MIN_EXAMPLE_QUERIES = 20
+# Share of pseudo-queries that name a label taken out of the catalog whole: out-of-scope
+# texts, so that the threshold learns when to answer none (real traffic has some).
+NONE_SHARE = 0.15
 _CLAUSE = re.compile(r"[.;:,()]\s")
 
 
@@ -31,7 +31,10 @@ class PseudoSet:
     texts: list[str] = field(default_factory=list)
     gold: list[list[str]] = field(default_factory=list)
     held_out: list[list[HeldOutText]] = field(default_factory=list)  # per pseudo-query
-    kinds: list[str] = field(default_factory=list)  # example, name, alias, ... or composed
+    kinds: list[str] = field(default_factory=list)  # example, name, ..., composed or none
+    # Labels taken out of the catalog whole (`none` queries name them): not assignable in the
+    # held-out view, so a text about one of them has no label there.
+    out_of_scope: list[str] = field(default_factory=list)
 
     def add(self, text: str, gold: list[str], used: list[HeldOutText], kind: str) -> None:
         """One pseudo-query of this kind."""
@@ -44,13 +47,6 @@ class PseudoSet:
     def composition(self) -> dict[str, int]:
         """How many pseudo-queries of each kind."""
         return {kind: self.kinds.count(kind) for kind in sorted(set(self.kinds))}
-
-    def single_label_examples(self) -> bool:
-        """The catalog's examples say its texts carry one label each: enough held-out examples
-        and (almost) none stored under another label too (see `add_copies`)."""
-        gold = [g for g, kind in zip(self.gold, self.kinds, strict=True) if kind == "example"]
-        return (len(gold) >= MIN_EXAMPLE_QUERIES
-                and sum(len(g) > 1 for g in gold) < MULTI_LABEL_SHARE * len(gold))
 
     def all_held_out(self) -> list[HeldOutText]:
         """Every label text any pseudo-query was made of."""
@@ -69,13 +65,26 @@ class _Texts:
         self.labels, self.examples_of, self.rng = labels, examples_of, rng
         self.left: dict[str, list[tuple[str, str]]] = {}
 
-    def take(self, label_id: str, terse: bool = False) -> tuple[str, str] | None:
-        """A (kind, text) of the label to hold out: an example when it has several, else any
-        of its texts (`terse`: a short one if it has any); None when it has one left."""
+    def take_whole(self, label_id: str) -> tuple[str, str] | None:
+        """A (kind, text) of a label no other pseudo-query has touched, as `take` picks it;
+        the label gives nothing more after this."""
+        if label_id in self.left:
+            return None
+        left = self._read(label_id)
+        examples = [t for t in left if t[0] == "example"]
+        self.left[label_id] = []
+        return self.rng.choice(examples if len(examples) >= 2 else left) if left else None
+
+    def _read(self, label_id: str) -> list[tuple[str, str]]:
         if label_id not in self.left:
             label = replace(self.labels[label_id], examples=tuple(self.examples_of(label_id)))
             self.left[label_id] = label_texts(label)
-        left = self.left[label_id]
+        return self.left[label_id]
+
+    def take(self, label_id: str, terse: bool = False) -> tuple[str, str] | None:
+        """A (kind, text) of the label to hold out: an example when it has several, else any
+        of its texts (`terse`: a short one if it has any); None when it has one left."""
+        left = self._read(label_id)
         if len(left) < 2:
             return None
         examples = [t for t in left if t[0] == "example"]
@@ -90,12 +99,12 @@ class _Texts:
 
 
 def build_pseudo_set(labels: Mapping[str, Label], examples_of: Callable[[str], Sequence[str]],
-                     size: int, seed: int = 0,
-                     composed_share: float = COMPOSED_SHARE) -> PseudoSet:
+                     size: int, seed: int = 0) -> PseudoSet:
     """Up to `size` pseudo-queries from a random sample of assignable labels: held-out examples,
-    aliases, names and descriptions as queries for their label, and pieces of two or three
-    labels joined into one text with all of them as gold. `examples_of` is read per sampled
-    label only, so a 30,000-label catalog costs a few hundred reads."""
+    aliases, names and descriptions as queries for their label, pieces of two or three labels
+    joined into one text with all of them as gold, and texts of labels taken out whole, with
+    no gold. `examples_of` is read per sampled label only, so a 30,000-label catalog costs a
+    few hundred reads."""
     rng = random.Random(seed)
     order = sorted(lid for lid, label in labels.items() if label.assignable)
     rng.shuffle(order)
@@ -103,14 +112,21 @@ def build_pseudo_set(labels: Mapping[str, Label], examples_of: Callable[[str], S
     pseudo = PseudoSet()
     if not order:
         return pseudo
-    share = composed_share if len(order) > 1 else 0.0
-    cursor, composed = _Cursor(order), 0
+    share = COMPOSED_SHARE if len(order) > 1 else 0.0
+    none_share = NONE_SHARE if len(order) > 1 else 0.0
+    cursor, composed, none = _Cursor(order), 0, 0
     while len(pseudo.texts) < size and cursor.going():
         # Interleaved, so that a small catalog's labels still have texts left to compose.
         if composed < share * (len(pseudo.texts) + 1) and _compose(pseudo, texts, cursor, rng):
             composed += 1
             continue
         label_id = cursor.next()
+        if none < none_share * (len(pseudo.texts) + 1) and (whole := texts.take_whole(label_id)):
+            pseudo.add(whole[1], [], [(label_id, *whole)], "none")
+            pseudo.out_of_scope.append(label_id)
+            cursor.progress()
+            none += 1
+            continue
         taken = texts.take(label_id)
         if taken:
             pseudo.add(taken[1], [label_id], [(label_id, *taken)], taken[0])

@@ -43,7 +43,8 @@ def self_calibrate(settings: Settings, index: LabelIndex, space: SearchSpace | N
                                seconds=time.perf_counter() - started)
     floor = (settings.calibration_min_texts_per_s if min_texts_per_s is None
              else min_texts_per_s)
-    view = HeldOutIndex(index, pseudo.all_held_out(), max(len(h) for h in pseudo.held_out))
+    view = HeldOutIndex(index, pseudo.all_held_out(), max(len(h) for h in pseudo.held_out),
+                        pseudo.out_of_scope)
     metric = "f1_samples" if any(len(g) > 1 for g in pseudo.gold) else "accuracy"
     # Sub-queries split a text into the parts that may name labels: judge them on texts like
     # users' (held-out examples, several labels joined), not on a label's own name or alias.
@@ -58,14 +59,9 @@ def self_calibrate(settings: Settings, index: LabelIndex, space: SearchSpace | N
 
 
 def _pseudo_set(index: LabelIndex, size: int) -> PseudoSet:
-    """Pseudo-queries with their copies under other labels; none composed of several labels
-    when the held-out examples show single-label texts (intent catalogs), where composed
-    texts would teach label limits real texts never need."""
+    """Pseudo-queries, with their copies under other labels as gold too."""
     pseudo = build_pseudo_set(index.labels, index.examples, size)
     add_copies(pseudo, index)
-    if pseudo.single_label_examples():
-        pseudo = build_pseudo_set(index.labels, index.examples, size, composed_share=0.0)
-        add_copies(pseudo, index)
     return pseudo
 
 

@@ -85,6 +85,11 @@ def test_held_out_texts_are_never_found_and_name_nothing(readonly_index: LabelIn
     assert own not in ids[0] and len(ids[0]) == len(distances[0]) == 5
     assert "pets.dogs" in Lexicon(readonly_index.labels).matches("puppies")
     assert "pets.dogs" not in Lexicon(view.labels).matches("puppies")
+    # a label taken out whole is no answer: its texts become out-of-scope queries
+    gone = HeldOutIndex(readonly_index, [], out_of_scope=["pets.cats"])
+    shortlist = Retriever(gone, Aggregation(), 30, evidence=False).candidates(
+        ["my cat scratches the furniture"], 5)[0]
+    assert shortlist and "pets.cats" not in {c.label_id for c in shortlist}
 
 
 def test_pseudo_set_is_bounded_and_every_label_keeps_a_text() -> None:
@@ -96,8 +101,13 @@ def test_pseudo_set_is_bounded_and_every_label_keeps_a_text() -> None:
         held[text[0]] = held.get(text[0], 0) + 1
     assert all(held[lid] < len(label_texts(catalog.labels[lid])) for lid in held)
     for text, gold, kind in zip(pseudo.texts, pseudo.gold, pseudo.kinds, strict=True):
-        assert (2 <= len(gold) <= 3) if kind == "composed" else len(gold) == 1
+        assert len(gold) == {"composed": len(gold) if 2 <= len(gold) <= 3 else -1,
+                             "none": 0}.get(kind, 1)
         assert text
+    # out-of-scope texts come from labels no other pseudo-query touched
+    assert pseudo.composition["none"] == len(pseudo.out_of_scope) >= 3
+    assert not set(pseudo.out_of_scope) & {text[0] for text, kind in zip(
+        pseudo.held_out, pseudo.kinds, strict=True) if kind != "none" for text in text}
     again = build_pseudo_set(catalog.labels, lambda label_id: [], 25)
     assert again.texts == pseudo.texts  # seeded: the same catalog gives the same dev set
 
