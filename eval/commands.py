@@ -98,6 +98,9 @@ def calibrate(
         record = labeled_record(best, data)
     if best is not None:
         typer.echo(format_calibrations(best, results))
+        if best.texts_per_s < floor:
+            typer.echo(f"no setting reached {floor:g} texts/s here: the fastest was chosen",
+                       err=True)
     if not dry_run:
         engine.index.save_calibration(record)
         typer.echo(f"\nsaved with the index ({record['source']}): {record['settings']}")

@@ -61,6 +61,7 @@ def test_index_self_calibrates_then_labeled_data_overrides(tmp_path: Path) -> No
                    LABELRANK_SELF_CALIBRATION_TEXTS="60")
     assert replaced.exit_code == 0, replaced.stderr
     assert "saved with the index (self)" in replaced.stdout
+    assert "no setting reached 1e+09 texts/s here: the fastest was chosen" in replaced.stderr
     saved = info(tmp_path / "db")["calibration"]
     assert saved["source"] == "self" and saved["settings"]["subqueries"] == 0  # too slow
 
