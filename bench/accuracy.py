@@ -20,7 +20,7 @@ from pathlib import Path
 from eval.calibrate import calibrate
 from eval.datasets import Dataset, load_dataset
 from eval.run import EvalConfig, run_eval
-from retrieval.calibration_search import SearchSpace
+from retrieval.calibration.search import SearchSpace
 from retrieval.catalog import Catalog, load_catalog, load_examples
 from retrieval.fusion import Aggregation
 from retrieval.subqueries import SubqueryConfig

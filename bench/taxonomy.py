@@ -22,7 +22,7 @@ from pathlib import Path
 from eval.calibrate import calibrate
 from eval.datasets import load_dataset
 from eval.run import EvalConfig, run_eval
-from retrieval.calibration import Calibration
+from retrieval.calibration.scoring import Calibration
 from retrieval.catalog import Catalog, load_catalog, load_examples
 from retrieval.taxonomy import Taxonomy
 from service.engine import open_engine

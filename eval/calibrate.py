@@ -1,14 +1,14 @@
 """`labelrank calibrate DATASET`: the calibration search on labeled dev data (never a test split).
 
-The search itself lives in `retrieval/calibration_search.py`, shared with self-calibration.
+The search itself lives in `retrieval/calibration/search.py`, shared with self-calibration.
 """
 
 from __future__ import annotations
 
 from eval.datasets import Dataset, refuse_test_split
 from eval.metrics import is_single_label
-from retrieval.calibration import Calibration, calibration_record
-from retrieval.calibration_search import SearchSpace, search_settings
+from retrieval.calibration.scoring import Calibration, calibration_record
+from retrieval.calibration.search import SearchSpace, search_settings
 from service.pipeline import Pipeline
 
 

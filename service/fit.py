@@ -17,12 +17,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from retrieval.calibration import Calibration, calibration_record
-from retrieval.calibration_search import SearchSpace, search_settings
+from retrieval.calibration.scoring import Calibration, calibration_record
+from retrieval.calibration.search import SearchSpace, search_settings
+from retrieval.calibration.splits import holdout
 from retrieval.catalog import Catalog, SkippedRow, load_catalog, load_labelled
 from retrieval.errors import LabelrankError
 from retrieval.index import LabelIndex, chroma_client, drop_index
-from retrieval.splits import holdout
 from retrieval.tune.train import PROVENANCE_FILE, TuneConfig, tune
 from service.factory import build_index
 from service.indexing import index_catalog

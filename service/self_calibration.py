@@ -7,11 +7,11 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from retrieval.calibration import Calibration, calibration_record
-from retrieval.calibration_search import SearchSpace, search_settings
-from retrieval.held_out import HeldOutIndex
+from retrieval.calibration.held_out import HeldOutIndex
+from retrieval.calibration.pseudo_queries import PseudoSet, add_copies, build_pseudo_set
+from retrieval.calibration.scoring import Calibration, calibration_record
+from retrieval.calibration.search import SearchSpace, search_settings
 from retrieval.index import LabelIndex
-from retrieval.pseudo_queries import PseudoSet, add_copies, build_pseudo_set
 from service.factory import shape_default
 from service.settings import Settings
 

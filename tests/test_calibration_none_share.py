@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval.calibration import ShortlistMatrix, best_threshold, text_weights
+from retrieval.calibration.scoring import ShortlistMatrix, best_threshold, text_weights
 from retrieval.fusion import Candidate
 
 

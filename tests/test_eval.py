@@ -16,7 +16,7 @@ from eval.metrics import evaluate
 from eval.report import plot_runs
 from eval.run import EvalConfig, load_run, run_eval, save_run
 from retrieval.branches import BranchConfig
-from retrieval.calibration import Calibration, ShortlistMatrix, beats_flat, best_threshold
+from retrieval.calibration.scoring import Calibration, ShortlistMatrix, beats_flat, best_threshold
 from retrieval.decision import Threshold, choose
 from retrieval.fusion import Aggregation, Candidate
 from retrieval.index import LabelIndex

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrieval.calibration_search import SearchSpace, search_settings
+from retrieval.calibration.held_out import HeldOutIndex
+from retrieval.calibration.memo_index import MemoIndex
+from retrieval.calibration.pseudo_queries import PseudoSet, add_copies, build_pseudo_set
+from retrieval.calibration.search import SearchSpace, search_settings
 from retrieval.catalog import Catalog, Label, load_catalog
 from retrieval.fusion import Aggregation
-from retrieval.held_out import HeldOutIndex
 from retrieval.index import LabelIndex, chroma_client, label_texts, vector_id
 from retrieval.lexical import Lexicon
-from retrieval.memo_index import MemoIndex
-from retrieval.pseudo_queries import PseudoSet, add_copies, build_pseudo_set
 from retrieval.retriever import Retriever
 from retrieval.subqueries import SubqueryConfig, SubqueryStage
 from service.factory import build_pipeline, setting_sources, shape_default

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from retrieval.splits import holdout
+from retrieval.calibration.splits import holdout
 
 
 def test_stratified_share_and_single_examples_stay() -> None:

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from retrieval.branches import BranchConfig, BranchStage, within_branches
-from retrieval.calibration import ShortlistMatrix
+from retrieval.calibration.scoring import ShortlistMatrix
 from retrieval.catalog import Label
 from retrieval.decision import Threshold, choose
 from retrieval.embedder import Embedder

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from retrieval.calibration.held_out import HeldOutText
 from retrieval.catalog import Label
-from retrieval.held_out import HeldOutText
 from retrieval.index import LabelIndex, label_texts, vector_id
 
 # Share of pseudo-texts composed of two or three labels: single-label queries cannot teach

@@ -10,7 +10,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from retrieval.branches import BranchConfig, BranchStage
-from retrieval.calibration import (
+from retrieval.calibration.memo_index import MemoIndex
+from retrieval.calibration.scoring import (
     METRICS,
     Calibration,
     ShortlistMatrix,
@@ -20,7 +21,6 @@ from retrieval.calibration import (
 )
 from retrieval.fusion import Aggregation
 from retrieval.lexical import LexicalStage
-from retrieval.memo_index import MemoIndex
 from retrieval.retriever import Retriever
 from retrieval.stages import CandidateStage, Search
 from retrieval.subqueries import SubqueryConfig, SubqueryStage
