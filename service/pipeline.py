@@ -178,7 +178,7 @@ class Pipeline:
             return ClassifyResult(labels=[], candidates=[], mode="llm", reason=why,
                                   none_reason=none_reason)
         try:
-            selection = selector.select(text, self.prompt_options(candidates, labels),
+            selection = selector.select(text, self.prompt_candidates(candidates, labels),
                                         max_labels)
         except LLMError as exc:
             fallback = self._with_threshold(candidates, max_labels,
@@ -197,7 +197,7 @@ class Pipeline:
             latency_ms=selection.latency_s * 1000,
         )
 
-    def prompt_options(self, candidates: list[Candidate],
+    def prompt_candidates(self, candidates: list[Candidate],
                            labels: Mapping[str, Label] | None = None) -> list[Option]:
         """The candidates as the prompt shows them: names, descriptions, paths, evidence."""
         labels = self.index.labels if labels is None else labels

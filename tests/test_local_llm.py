@@ -70,7 +70,7 @@ def test_constrained_decoding_is_in_effect(tmp_path: Path, server: LocalLLMServe
     pipeline = build_pipeline(settings, index=mini_index)
     selector = pipeline.selector
     for text, shortlist in zip(TEXTS, pipeline.retriever.candidates(TEXTS, 5), strict=True):
-        rendered = selector.prompt(text, pipeline.prompt_options(shortlist), 2)
+        rendered = selector.prompt(text, pipeline.prompt_candidates(shortlist), 2)
         answer = selector.client.chat.completions.create(**selector.request(rendered))
         content = json.loads(answer.choices[0].message.content)  # always parseable JSON
         assert set(content) == {"labels"} and len(content["labels"]) <= 2
