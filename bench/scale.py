@@ -37,6 +37,7 @@ EXAMPLE_SOURCES = ["goemotions/train", "clinc150/train", "banking77/train", "hwu
                    "nlupp/train", "banking77_oos/train"]
 QUERY_SOURCES = ["clinc150/valid", "goemotions/valid", "hwu64/valid", "banking77_oos/valid"]
 RAW_SAMPLE = 20_000
+REPEATS = 3  # batch timings: best of this many runs
 
 
 def sentences(sources: list[str]) -> list[str]:
@@ -114,6 +115,16 @@ def phase_raw(args: dict) -> dict:
     return {"raw_build_texts_per_s": round(len(sample) / (time.perf_counter() - started))}
 
 
+def best_seconds(work: Callable[[], object], repeats: int = REPEATS) -> float:
+    """The fastest of a few runs: on a shared 2-core machine, slower runs are other work."""
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        work()
+        seconds.append(time.perf_counter() - started)
+    return min(seconds)
+
+
 def phase_serve(args: dict) -> dict:
     """Retrieval-only classify: single-text latency and batch throughput, each next to the
     raw embedder on the same texts."""
@@ -142,13 +153,10 @@ def phase_serve(args: dict) -> dict:
         started = time.perf_counter()
         index.nearest_ids(vector, neighbours)  # Chroma's own query: the floor beside embedding
         query_ms.append((time.perf_counter() - started) * 1000)
-    started = time.perf_counter()
-    outcomes = pipeline.classify_batch(batch, options)
-    batch_rate = len(batch) / (time.perf_counter() - started)
-    started = time.perf_counter()
-    embedder.embed(batch)
-    raw_rate = len(batch) / (time.perf_counter() - started)
-    assert len(outcomes) == len(batch)
+    pipeline.classify_batch(batch[:256], options)  # first batch shapes, both sides
+    embedder.embed(batch[:256])
+    batch_rate = len(batch) / best_seconds(lambda: pipeline.classify_batch(batch, options))
+    raw_rate = len(batch) / best_seconds(lambda: embedder.embed(batch))
     classify_p50, embed_p50 = np.percentile(classify_ms, 50), np.percentile(embed_ms, 50)
     query_p50 = np.percentile(query_ms, 50)
     return {"classify_ms": percentiles(classify_ms), "raw_embed_ms": percentiles(embed_ms),
@@ -170,9 +178,8 @@ def stage_costs(pipeline: Pipeline, batch: list[str], batch_rate: float) -> dict
     timings: dict[str, float] = {}
 
     def timed(name: str, work: Callable[[], object]) -> object:
-        started = time.perf_counter()
         value = work()
-        timings[name] = round((time.perf_counter() - started) * 1000 / len(batch), 3)
+        timings[name] = round(best_seconds(work) * 1000 / len(batch), 3)
         return value
 
     vectors = timed("embed", lambda: index.embedder.embed(batch))

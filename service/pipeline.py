@@ -210,9 +210,12 @@ class Pipeline:
     def _scores(self, candidates: Sequence[Candidate]) -> list[LabelScore]:
         labels = self.index.labels
         taxonomy = taxonomy_of(labels)
-        return [LabelScore(id=c.label_id, name=labels[c.label_id].name,
-                           score=round(c.score, 6), similarity=round(c.similarity, 6),
-                           path=list(taxonomy.path(c.label_id)) or None)
+        # model_construct: every field is already of its type, and validating ~30 scores per
+        # text was a third of the Python left in a retrieval-only batch.
+        return [LabelScore.model_construct(id=c.label_id, name=labels[c.label_id].name,
+                                           score=round(c.score, 6),
+                                           similarity=round(c.similarity, 6),
+                                           path=list(taxonomy.path(c.label_id)) or None)
                 for c in candidates if c.label_id in labels]
 
 
