@@ -99,6 +99,7 @@ class DeadlineTransport(httpx.HTTPTransport):
             response = super().handle_request(request)
         finally:
             _local.deadline = None
+        # httpx types `stream` as its own SyncByteStream; _BoundedBody is a drop-in iterable.
         response.stream = _BoundedBody(response.stream, deadline)  # type: ignore[arg-type]
         return response
 

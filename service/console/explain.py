@@ -90,6 +90,7 @@ def with_evidence(source: CandidateSource) -> CandidateSource:
     if getattr(source, "evidence", True):
         return source
     reading = copy.copy(source)
+    # Only a source that has the flag gets here (getattr above); the protocol does not declare it.
     reading.evidence = True  # type: ignore[attr-defined]
     return reading
 
