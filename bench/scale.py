@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -30,14 +31,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from service.pipeline import Pipeline
+    from retrieval.embedder import Embedder
+    from service.pipeline import ClassifyOptions, Pipeline
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 EXAMPLE_SOURCES = ["goemotions/train", "clinc150/train", "banking77/train", "hwu64/train",
                    "nlupp/train", "banking77_oos/train"]
 QUERY_SOURCES = ["clinc150/valid", "goemotions/valid", "hwu64/valid", "banking77_oos/valid"]
 RAW_SAMPLE = 20_000
-REPEATS = 3  # batch timings: best of this many runs
+REPEATS = 3  # batch timings: the best of this many rounds
 
 
 def sentences(sources: list[str]) -> list[str]:
@@ -115,16 +117,6 @@ def phase_raw(args: dict) -> dict:
     return {"raw_build_texts_per_s": round(len(sample) / (time.perf_counter() - started))}
 
 
-def best_seconds(work: Callable[[], object], repeats: int = REPEATS) -> float:
-    """The fastest of a few runs: on a shared 2-core machine, slower runs are other work."""
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        seconds.append(time.perf_counter() - started)
-    return min(seconds)
-
-
 def phase_serve(args: dict) -> dict:
     """Retrieval-only classify: single-text latency and batch throughput, each next to the
     raw embedder on the same texts."""
@@ -155,8 +147,9 @@ def phase_serve(args: dict) -> dict:
         query_ms.append((time.perf_counter() - started) * 1000)
     pipeline.classify_batch(batch[:256], options)  # first batch shapes, both sides
     embedder.embed(batch[:256])
-    batch_rate = len(batch) / best_seconds(lambda: pipeline.classify_batch(batch, options))
-    raw_rate = len(batch) / best_seconds(lambda: embedder.embed(batch))
+    stages = stage_costs(pipeline, embedder, batch, options)
+    batch_rate = 1000 / stages["total"]
+    raw_rate = 1000 / stages["raw_embed"]
     classify_p50, embed_p50 = np.percentile(classify_ms, 50), np.percentile(embed_ms, 50)
     query_p50 = np.percentile(query_ms, 50)
     return {"classify_ms": percentiles(classify_ms), "raw_embed_ms": percentiles(embed_ms),
@@ -166,29 +159,36 @@ def phase_serve(args: dict) -> dict:
                 float(classify_p50 / (embed_p50 + query_p50)), 2),
             "batch_texts_per_s": round(batch_rate), "raw_batch_texts_per_s": round(raw_rate),
             "batch_vs_raw": round(batch_rate / raw_rate, 2),
-            "batch_stage_ms_per_text": stage_costs(pipeline, batch, batch_rate)}
+            "batch_stage_ms_per_text": stages}
 
 
-def stage_costs(pipeline: Pipeline, batch: list[str], batch_rate: float) -> dict[str, float]:
-    """Where batch classify spends its time, per text: each stage timed on its own, and the
-    whole against the floor (embedding plus Chroma's own query)."""
+def stage_costs(pipeline: Pipeline, embedder: Embedder, batch: list[str],
+                options: ClassifyOptions) -> dict[str, float]:
+    """Where batch classify spends its time, per text: the whole call and each stage on its own,
+    timed round by round (so a load change hits every figure alike), the best round of each;
+    and the whole against the floor (embedding plus Chroma's own query)."""
     from retrieval.neighbours import LabelTable, Neighbours, fuse
 
     retriever, index = pipeline.retriever, pipeline.retriever.index
-    timings: dict[str, float] = {}
-
-    def timed(name: str, work: Callable[[], object]) -> object:
-        value = work()
-        timings[name] = round(best_seconds(work) * 1000 / len(batch), 3)
-        return value
-
-    vectors = timed("embed", lambda: index.embedder.embed(batch))
-    found = timed("chroma_query", lambda: index.nearest_ids(vectors, retriever.neighbours))
     table = LabelTable.of(index.labels)
     allowed = table.mask(retriever.assignable())
-    timed("fuse", lambda: fuse(Neighbours.of(*found, table), retriever.aggregation,
-                                pipeline.top_k, allowed))
-    timings["total"] = round(1000 / batch_rate, 3)
+    vectors = index.embedder.embed(batch)
+    found = index.nearest_ids(vectors, retriever.neighbours)
+    work: dict[str, Callable[[], object]] = {
+        "total": lambda: pipeline.classify_batch(batch, options),
+        "raw_embed": lambda: embedder.embed(batch),
+        "embed": lambda: index.embedder.embed(batch),
+        "chroma_query": lambda: index.nearest_ids(vectors, retriever.neighbours),
+        "fuse": lambda: fuse(Neighbours.of(*found, table), retriever.aggregation,
+                             pipeline.top_k, allowed),
+    }
+    best = {name: math.inf for name in work}
+    for _ in range(REPEATS):
+        for name, step in work.items():
+            started = time.perf_counter()
+            step()
+            best[name] = min(best[name], time.perf_counter() - started)
+    timings = {name: round(seconds * 1000 / len(batch), 3) for name, seconds in best.items()}
     timings["total_vs_embed_plus_query"] = round(
         timings["total"] / (timings["embed"] + timings["chroma_query"]), 2)
     return timings
