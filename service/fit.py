@@ -49,7 +49,7 @@ class FitConfig:
     """What fit may spend and what it aims at."""
 
     minutes: float = 20.0  # the tuning budget
-    none_share: float | None = None  # expected out-of-scope share; None: the dev split's
+    none_share: float | None = None  # expected out-of-scope share; None: the examples'
     dev_share: float = 0.2  # of each label's examples, when no dev file is given
     max_pairs: int | None = None
     min_texts_per_s: float = 0.0
@@ -90,7 +90,10 @@ def fit(settings: Settings, catalog_path: Path, example_paths: Sequence[Path],
         report.skipped_rows = [str(s) for s in skipped]
         train, dev = _split(rows, catalog, dev_path, config.dev_share, skipped)
         report.train_texts, report.dev_texts = len(train), len(dev)
-        report.none_share = _none_share(dev, config.none_share)
+        # A dev file is the user's sample of traffic; a split holds every out-of-scope row,
+        # so the traffic's share is that of all the examples.
+        traffic = dev if dev_path is not None else rows
+        report.none_share = none_share_for(dev, traffic, config.none_share)
     run_key = _digest({"catalog": catalog.fingerprint(), "train": train, "dev": dev,
                        "config": asdict(config), "embedder": settings.embedder,
                        "none_share": report.none_share})
@@ -179,13 +182,13 @@ def _without_examples(catalog: Catalog) -> tuple[Catalog, Rows]:
                    ), rows
 
 
-def _none_share(dev: Rows, asked: float | None) -> float | None:
-    """The out-of-scope share to calibrate for: asked, else the dev split's, else the default;
-    None when the dev split has no out-of-scope text to weigh."""
-    share = sum(not labels for _, labels in dev) / len(dev)
-    if not share:
+def none_share_for(dev: Rows, traffic: Rows, asked: float | None) -> float | None:
+    """The out-of-scope share to calibrate for: asked, else the share in `traffic` (the dev
+    file, or all the examples when dev is split off them); None when the dev texts hold no
+    out-of-scope text to weigh."""
+    if not any(not labels for _, labels in dev):
         return None
-    return asked if asked is not None else share
+    return asked if asked is not None else sum(not labels for _, labels in traffic) / len(traffic)
 
 
 def _with_examples(catalog: Catalog, rows: Rows) -> Catalog:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from retrieval.calibration.splits import holdout
 from retrieval.embedder import DEFAULT_MODEL
 from retrieval.index import PROTOTYPE
 from service.engine import open_engine
-from service.fit import WORK_DIR, FitConfig, FitReport, fit
+from service.fit import WORK_DIR, FitConfig, FitReport, fit, none_share_for
 from service.pipeline import ClassifyOptions
 from tests.conftest import make_settings
 
@@ -70,3 +71,16 @@ def test_the_base_model_is_kept_when_tuning_loses(tmp_path: Path) -> None:
     index = open_engine(make_settings(tmp_path, db=db)).index
     assert index.embedder.name == DEFAULT_MODEL
     assert index.calibration()["dev_set"]["none_share"] == 0.3
+
+
+def test_the_default_none_share_is_the_traffics_not_the_splits() -> None:
+    # 10% of the rows are out of scope; the split sends every one of them to dev (they are no
+    # label's example), where they are a third of the texts.
+    rows = [(f"text {i}", (f"label{i % 5}",)) for i in range(90)]
+    rows += [(f"off topic {i}", ()) for i in range(10)]
+    _, dev = holdout([labels for _, labels in rows], 0.2, [text for text, _ in rows])
+    dev_rows = [rows[i] for i in dev]
+    assert sum(not labels for _, labels in dev_rows) == 10 and len(dev_rows) < 40
+    assert none_share_for(dev_rows, rows, None) == pytest.approx(0.1)
+    assert none_share_for(dev_rows, rows, 0.3) == 0.3  # asked: taken as it is
+    assert none_share_for([r for r in dev_rows if r[1]], rows, None) is None  # nothing to weigh

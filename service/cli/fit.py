@@ -22,8 +22,9 @@ def fit(
     db: DbOpt = None,
     minutes: Annotated[float, typer.Option(min=0, help="Time budget for tuning.")] = 20.0,
     none_share: Annotated[float | None, typer.Option(
-        min=0, max=0.95, help="Expected share of out-of-scope texts in traffic (default: the "
-                              "dev split's; needs out-of-scope dev texts).")] = None,
+        min=0, max=0.95, help="Expected share of out-of-scope texts in traffic (default: that "
+                              "of --dev, or of all the examples; needs out-of-scope dev texts)."
+    )] = None,
     dev_share: Annotated[float, typer.Option(
         min=0.05, max=0.5, help="Share of each label's examples held out as dev.")] = 0.2,
     max_pairs: Annotated[int | None, typer.Option(min=1, help="Tune on at most N pairs.")]
