@@ -96,7 +96,7 @@ def evaluate(name: str, root: Path, config: FitConfig, shares: list[float | None
     shipped, _, _ = build(spec, root / "shipped", base)
     results = {"shipped": scored(shipped, data, spec.top_k)}
     print(line("shipped defaults", results["shipped"]), flush=True)
-    examples = training_file(name, root)
+    examples = training_file(name, root, spec)
     for share in shares:
         settings, summary = fitted(name, spec, root, base, examples,
                                    replace(config, none_share=share))

@@ -34,10 +34,11 @@ from service.settings import Settings
 VARIANTS = {"naive (max-sim)": NAIVE, "default (rrf k=1 m=3)": {}}
 
 
-def training_file(name: str, scratch: Path) -> Path:
+def training_file(name: str, scratch: Path, spec: Spec | None = None) -> Path:
     """The labelled texts the baseline index holds: all of train, or BANKING77's index half."""
-    source = DATA / SPECS[name].folder / "train.jsonl"
-    if not SPECS[name].holdout_from_train:
+    spec = spec or SPECS[name]
+    source = DATA / spec.folder / "train.jsonl"
+    if not spec.holdout_from_train:
         return source
     kept = [line for line in source.read_text().splitlines() if line.strip()
             and hashlib.sha1(json.loads(line)["text"].encode()).digest()[0] % 2]
