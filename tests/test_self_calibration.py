@@ -101,8 +101,10 @@ def test_pseudo_set_is_bounded_and_every_label_keeps_a_text() -> None:
         held[text[0]] = held.get(text[0], 0) + 1
     assert all(held[lid] < len(label_texts(catalog.labels[lid])) for lid in held)
     for text, gold, kind in zip(pseudo.texts, pseudo.gold, pseudo.kinds, strict=True):
-        assert len(gold) == {"composed": len(gold) if 2 <= len(gold) <= 3 else -1,
-                             "none": 0}.get(kind, 1)
+        if kind == "composed":
+            assert 2 <= len(gold) <= 3
+        else:
+            assert len(gold) == (0 if kind == "none" else 1)
         assert text
     # out-of-scope texts come from labels no other pseudo-query touched
     assert pseudo.composition["none"] == len(pseudo.out_of_scope) >= 3

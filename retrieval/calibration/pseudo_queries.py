@@ -71,9 +71,8 @@ class _Texts:
         if label_id in self.left:
             return None
         left = self._read(label_id)
-        examples = [t for t in left if t[0] == "example"]
         self.left[label_id] = []
-        return self.rng.choice(examples if len(examples) >= 2 else left) if left else None
+        return self.rng.choice(_preferred(left)) if left else None
 
     def _read(self, label_id: str) -> list[tuple[str, str]]:
         if label_id not in self.left:
@@ -87,8 +86,7 @@ class _Texts:
         left = self._read(label_id)
         if len(left) < 2:
             return None
-        examples = [t for t in left if t[0] == "example"]
-        choices = examples if len(examples) >= 2 else left
+        choices = _preferred(left)
         if terse:
             # Texts name a label in a few words ("django, postgresql and redis"), not with
             # its description.
@@ -96,6 +94,12 @@ class _Texts:
         chosen = self.rng.choice(choices)
         left.remove(chosen)
         return chosen
+
+
+def _preferred(left: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The texts to pick a pseudo-query from: the examples when there are several, else all."""
+    examples = [t for t in left if t[0] == "example"]
+    return examples if len(examples) >= 2 else left
 
 
 def build_pseudo_set(labels: Mapping[str, Label], examples_of: Callable[[str], Sequence[str]],
