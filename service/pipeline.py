@@ -198,7 +198,7 @@ class Pipeline:
         )
 
     def prompt_candidates(self, candidates: list[Candidate],
-                           labels: Mapping[str, Label] | None = None) -> list[Option]:
+                          labels: Mapping[str, Label] | None = None) -> list[Option]:
         """The candidates as the prompt shows them: names, descriptions, paths, evidence."""
         labels = self.index.labels if labels is None else labels
         taxonomy = taxonomy_of(labels)
