@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     branches: int = Field(3, ge=1, le=100)
     self_calibration_texts: int = Field(400, ge=0)
     calibration_min_texts_per_s: float = Field(0.0, ge=0)
+    # Learned head (retrieval/head.py): the weight of its probability in a candidate's score
+    # (1: order by the head alone; 0: off); used only when the index holds a trained head.
+    head_weight: float = Field(0.5, ge=0, le=1)
+    head_train: bool = True  # at the end of `labelrank index`, when labels have examples
 
     # Choosing among candidates: auto (the LLM when an endpoint is set), llm, none, or any name
     # in service.registry.SELECTORS.
