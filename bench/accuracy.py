@@ -23,9 +23,8 @@ from eval.run import EvalConfig, run_eval
 from retrieval.calibration.search import SearchSpace
 from retrieval.catalog import Catalog, load_catalog, load_examples
 from retrieval.fusion import Aggregation
-from retrieval.subqueries import SubqueryConfig
 from service.engine import open_engine
-from service.factory import build_index, build_pipeline
+from service.factory import build_index, build_pipeline, search_space
 from service.settings import Settings
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -145,12 +144,10 @@ def evaluate_dataset(name: str, spec: Spec, root: Path, base: Settings) -> dict:
 
 def fixed_space(settings: Settings) -> SearchSpace:
     """Only the retrieval these settings configure: calibrate its threshold."""
-    sub = (SubqueryConfig(settings.subqueries, settings.subquery_max_words,
-                          settings.subquery_weight, settings.subquery_neighbours)
-           if settings.subqueries else None)
+    space = search_space(settings)
     return SearchSpace.only(Aggregation(settings.aggregation, settings.rrf_k,
                                         settings.max_hits_per_label or None),
-                            settings.neighbours, sub, settings.lexical_weight)
+                            settings.neighbours, space.kinds, space.start)
 
 
 def markdown(results: list[dict]) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 from eval.calibrate import calibrate
 from eval.datasets import load_dataset
 from eval.run import EvalConfig, run_eval
+from retrieval.branches import BranchStage
 from retrieval.calibration.scoring import Calibration
 from retrieval.catalog import Catalog, load_catalog, load_examples
 from retrieval.taxonomy import Taxonomy
@@ -97,7 +98,7 @@ def evaluate(name: str, root: Path, base: Settings, context: bool) -> list[dict]
         overall, _ = calibrate(pipeline, dev, per_branch=False)
         best["chosen with an overall relative threshold"] = overall
     for cal in table:
-        kind = "branch" if cal.branching else "flat"
+        kind = "branch" if cal.stage(BranchStage) else "flat"
         if kind not in best or cal.value > best[kind].value + 1e-9:
             best[kind] = cal
     print(f"  calibrate chooses: {chosen.describe()} {chosen.settings()}", flush=True)

@@ -9,20 +9,24 @@ from eval.datasets import Dataset, refuse_test_split
 from eval.metrics import is_single_label
 from retrieval.calibration.scoring import Calibration, calibration_record
 from retrieval.calibration.search import SearchSpace, search_settings
+from service.factory import search_space
 from service.pipeline import Pipeline
+from service.settings import Settings, get_settings
 
 
 def calibrate(pipeline: Pipeline, dataset: Dataset, metric: str = "auto",
               top_k: int | None = None, per_branch: bool = True,
               space: SearchSpace | None = None,
-              min_texts_per_s: float = 0.0) -> tuple[Calibration, list[Calibration]]:
-    """Search every lever of `space` (all of them by default) on a labeled dev set; return the
-    best setting and every setting tried."""
+              min_texts_per_s: float = 0.0,
+              settings: Settings | None = None) -> tuple[Calibration, list[Calibration]]:
+    """Search every lever of `space` (by default every registered stage's, starting from
+    `settings`, else the environment's) on a labeled dev set; return the best setting and
+    every setting tried."""
     refuse_test_split(dataset.path)
     gold = [list(ex.labels) for ex in dataset.examples]
     if metric == "auto":
         metric = "accuracy" if is_single_label(gold) else "f1_samples"
-    space = space or SearchSpace(per_branch=per_branch)
+    space = space or search_space(settings or get_settings(), per_branch=per_branch)
     return search_settings(pipeline.index, [ex.text for ex in dataset.examples], gold,
                            top_k or pipeline.top_k, metric, space, min_texts_per_s)
 

@@ -94,7 +94,7 @@ def calibrate(
     else:
         data = load_dataset(dataset, half=half)
         best, results = run_calibration(engine.pipeline, data, metric, top_k,
-                                        min_texts_per_s=floor)
+                                        min_texts_per_s=floor, settings=engine.settings)
         record = labeled_record(best, data)
     if best is not None:
         typer.echo(format_calibrations(best, results))

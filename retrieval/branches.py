@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
 from retrieval.fusion import Candidate
 from retrieval.index import LabelIndex
@@ -61,6 +61,16 @@ class BranchStage:
     config: BranchConfig
     needs_vectors: bool = False
     rescores: bool = False
+    fields: ClassVar[tuple[str, ...]] = ("retrieval_mode", "branch_depth", "branches")
+    off: ClassVar[dict[str, object]] = {"retrieval_mode": "flat"}
+    rounds: ClassVar[tuple[tuple[str, ...], ...]] = (fields,)
+    # Branch mode must beat flat by more than dev-set noise (or match it and lift candidate
+    # recall, the ceiling of LLM mode, by as much): a 0.2-point dev win on CLINC150 was a loss
+    # on held-out.
+    margin: ClassVar[float] = 0.005
+    sampled: ClassVar[bool] = False
+    max_widen: ClassVar[int] = BranchConfig().widen
+    max_depth: ClassVar[int] = 3  # deepest branch level calibration tries
 
     @property
     def widen(self) -> int:
@@ -73,6 +83,15 @@ class BranchStage:
         if settings.retrieval_mode != "branch":
             return None
         return cls(BranchConfig(settings.branch_depth, settings.branches))
+
+    @classmethod
+    def space(cls, index: Any) -> dict[str, tuple[object, ...]]:
+        """Branch levels the taxonomy has (none when it is flat) x branches kept."""
+        depths = tuple(range(min(taxonomy_of(index.labels).max_depth(), cls.max_depth)))
+        if not depths:
+            return {}
+        return {"retrieval_mode": ("branch",), "branch_depth": depths,
+                "branches": (1, 2, 3, 5)}
 
     def describe(self, method: str) -> str:
         """`method+branch(d,b,w)`."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
 from retrieval.catalog import Label
 from retrieval.fusion import Candidate
@@ -70,6 +70,12 @@ class LexicalStage:
     widen = 1
     needs_vectors = False
     rescores = False
+    fields: ClassVar[tuple[str, ...]] = ("lexical_weight",)
+    off: ClassVar[dict[str, object]] = {"lexical_weight": 0.0}
+    rounds: ClassVar[tuple[tuple[str, ...], ...]] = (("lexical_weight",),)
+    margin: ClassVar[float] = 0.0
+    sampled: ClassVar[bool] = False
+    max_widen: ClassVar[int] = 1
 
     def __init__(self, weight: float) -> None:
         self.weight = weight
@@ -79,6 +85,11 @@ class LexicalStage:
     def from_settings(cls, settings: _LexicalSettings) -> LexicalStage | None:
         """On when `lexical_weight` is above zero."""
         return cls(settings.lexical_weight) if settings.lexical_weight else None
+
+    @classmethod
+    def space(cls, index: Any) -> dict[str, tuple[object, ...]]:
+        """Weights tried by calibration."""
+        return {"lexical_weight": (0.1, 0.2, 0.3)}
 
     def describe(self, method: str) -> str:
         """`method+lexical(w)`."""

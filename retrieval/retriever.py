@@ -11,7 +11,7 @@ from retrieval.catalog import Label
 from retrieval.fusion import Aggregation, Candidate, aggregate
 from retrieval.index import Hit, LabelIndex
 from retrieval.neighbours import LabelTable, Neighbours, fuse
-from retrieval.stages import CandidateStage, Search, Shortlists
+from retrieval.stages import CandidateStage, Search, Shortlists, describe_method
 
 # A filtered request searches deeper, in proportion to how much the filter removes, up to this.
 MAX_WIDEN = 20
@@ -39,10 +39,8 @@ class Retriever:
     def describe(self, aggregation: Aggregation | None = None,
                  stages: Sequence[CandidateStage] | None = None) -> str:
         """The retrieval method in a few words, for run files and caches."""
-        method = (aggregation or self.aggregation).describe()
-        for stage in self.stages if stages is None else stages:
-            method = stage.describe(method)
-        return method
+        return describe_method(aggregation or self.aggregation,
+                               self.stages if stages is None else stages)
 
     def candidates(self, texts: Sequence[str], top_k: int,
                    within: frozenset[str] | None = None) -> list[list[Candidate]]:
@@ -94,12 +92,10 @@ class Retriever:
         if search.depth > depth:  # searched deeper for other settings
             search = search.first(depth)
         how = aggregation or self.aggregation
-        pools: Shortlists | None = None
-        if any(s.rescores for s in stages):
-            pass
-        elif isinstance(search.found, Neighbours):
+        pools: Shortlists | None = None  # a rescoring stage scores the raw hits itself
+        if not any(s.rescores for s in stages) and isinstance(search.found, Neighbours):
             pools = fuse(search.found, how, pool_k, self._allowed_mask(search.allowed))
-        else:
+        elif not any(s.rescores for s in stages):
             pools = [aggregate(h, how, pool_k, search.allowed) for h in search.found]
         for stage in stages:
             pools = stage.apply(self.index, search, pools, pool_k)

@@ -1,7 +1,10 @@
 """The candidate-stage protocol: steps after the search that reshape each text's shortlist.
 
 Stages are looked up by name in `service/registry.py`; a new one is one module plus one line
-there. Each module builds its stage from settings with `from_settings` (None: switched off).
+there. A stage's class owns its knobs in both directions (`StageKind`): the Settings fields it
+reads, how it is built from them (`from_settings`; None: switched off), the values calibration
+tries, and in which rounds. Calibration works on those Settings fields only, so what it saves
+is what `from_settings` reads back, under the same names.
 """
 
 from __future__ import annotations
@@ -9,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from retrieval.fusion import Candidate
+from retrieval.fusion import Aggregation, Candidate
 from retrieval.index import Hit, LabelIndex, label_of
 from retrieval.neighbours import Neighbours
 
@@ -71,4 +74,36 @@ class CandidateStage(Protocol):
     def apply(self, index: LabelIndex, search: Search, pools: Shortlists | None,
               pool_k: int) -> Shortlists:
         """New pools of at most `pool_k` candidates per text (None only for a rescoring stage)."""
+        ...
+
+
+def describe_method(aggregation: Aggregation, stages: Sequence[CandidateStage]) -> str:
+    """The retrieval method in a few words, e.g. `rrf(k=1,m=3)+branch(d=0,b=2,w=4)`."""
+    method = aggregation.describe()
+    for stage in stages:
+        method = stage.describe(method)
+    return method
+
+
+class StageKind(Protocol):
+    """A kind of candidate stage, as the registry holds it: its class."""
+
+    fields: ClassVar[tuple[str, ...]]  # the Settings fields it reads
+    off: ClassVar[dict[str, object]]  # the values of `fields` that switch it off
+    # Groups of fields calibration searches together, one group after the other (each round
+    # starts from the best of the rounds before it).
+    rounds: ClassVar[tuple[tuple[str, ...], ...]]
+    # A win must exceed the setting without the stage by this much (dev-set noise).
+    margin: ClassVar[float]
+    sampled: ClassVar[bool]  # costly: judged on a sample of the dev texts
+    max_widen: ClassVar[int]  # the deepest pool any of its tried settings asks for
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> CandidateStage | None:
+        """The stage these settings configure (attributes named as `fields`), or None."""
+        ...
+
+    @classmethod
+    def space(cls, index: LabelIndex) -> dict[str, tuple[object, ...]]:
+        """The values calibration tries for each field on this index (empty: nothing to try)."""
         ...

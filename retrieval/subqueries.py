@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -126,6 +126,23 @@ class SubqueryStage:
     # The vectors are read once per batch by id (LabelIndex.embeddings), not with every hit.
     needs_vectors: bool = False
     rescores: bool = True
+    fields: ClassVar[tuple[str, ...]] = ("subqueries", "subquery_max_words", "subquery_weight",
+                                         "subquery_neighbours")
+    off: ClassVar[dict[str, object]] = {"subqueries": 0}
+    # n-grams x neighbours per part first (fewer neighbours first, so each depth is searched,
+    # and timed, for real), then the weight, then the words per sentence part.
+    rounds: ClassVar[tuple[tuple[str, ...], ...]] = (
+        ("subquery_neighbours", "subqueries"), ("subquery_weight",), ("subquery_max_words",))
+    margin: ClassVar[float] = 0.0
+    # Sub-queries cost 10-30 times a whole-text search: judged on a stable sample of dev texts.
+    sampled: ClassVar[bool] = True
+    max_widen: ClassVar[int] = 1
+
+    @classmethod
+    def space(cls, index: Any) -> dict[str, tuple[object, ...]]:
+        """Values tried by calibration."""
+        return {"subquery_neighbours": (20, 50), "subqueries": (2, 3),
+                "subquery_weight": (0.5, 0.3, 0.7), "subquery_max_words": (40, 20)}
 
     @classmethod
     def from_settings(cls, settings: _SubquerySettings) -> SubqueryStage | None:

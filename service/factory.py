@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from functools import lru_cache, partial
 from pathlib import Path
+from typing import Any
 
 from prompts.breaker import CircuitBreaker
 from prompts.deadline import DeadlineTransport
 from prompts.selector import LLMConfig, LLMSelector
 from prompts.template import load_prompt
+from retrieval.calibration.scoring import BASE_FIELDS
+from retrieval.calibration.search import SearchSpace
 from retrieval.decision import Threshold
 from retrieval.embedder import Embedder
 from retrieval.fusion import Aggregation
@@ -17,7 +20,7 @@ from retrieval.index import LabelIndex, chroma_client, index_metadata
 from retrieval.retriever import Retriever
 from retrieval.stages import CandidateStage
 from service.pipeline import Pipeline, Selector
-from service.registry import CANDIDATE_STAGES, EMBEDDER_BACKENDS, SELECTORS, lookup
+from service.registry import EMBEDDER_BACKENDS, SELECTORS, lookup, stage_kinds
 from service.settings import Settings
 
 
@@ -126,6 +129,7 @@ def build_llm_selector(settings: Settings) -> LLMSelector:
         model=settings.llm_model, response_format=settings.llm_response_format,
         temperature=settings.llm_temperature, max_answer_tokens=settings.llm_max_answer_tokens,
         max_attempts=settings.llm_max_attempts, max_wait_s=settings.llm_max_wait_s,
+        max_total_s=settings.llm_max_total_s,
         max_text_tokens=settings.max_text_tokens, max_prompt_tokens=settings.max_prompt_tokens,
         schema_slots=max(settings.top_k, 20),
     )
@@ -134,16 +138,24 @@ def build_llm_selector(settings: Settings) -> LLMSelector:
 
 def build_stages(settings: Settings) -> list[CandidateStage]:
     """The registered candidate stages that the settings switch on, in registry order."""
-    stages = (lookup(CANDIDATE_STAGES, name, "candidate stage").from_settings(settings)
-              for name in CANDIDATE_STAGES)
+    stages = (kind.from_settings(settings) for kind in stage_kinds())
     return [stage for stage in stages if stage is not None]
 
 
-CALIBRATED_FIELDS = ("aggregation", "rrf_k", "max_hits_per_label", "threshold",
-                     "relative_threshold", "max_labels", "retrieval_mode", "branch_depth",
-                     "branches", "relative_per_branch", "neighbours", "subqueries",
-                     "subquery_weight", "subquery_max_words", "subquery_neighbours",
-                     "lexical_weight")
+def calibrated_fields() -> tuple[str, ...]:
+    """Every Settings field calibration chooses: the base ones and each registered stage's."""
+    return (*BASE_FIELDS, *(name for kind in stage_kinds() for name in kind.fields))
+
+
+def search_space(settings: Settings, **levers: Any) -> SearchSpace:
+    """The calibration search over every registered stage, starting from these settings
+    (`levers`: SearchSpace fields to narrow it, e.g. `depths=(50,)`)."""
+    kinds = stage_kinds()
+    # A field Settings does not declare is set by calibration only; it starts switched off.
+    start = {name: getattr(settings, name, kind.off.get(name))
+             for kind in kinds for name in kind.fields}
+    return SearchSpace(kinds, start, **levers)
+
 # Reciprocal rank over several hits rewards a label for having many vectors near the text: right
 # when those are ~100 examples of an intent, wrong when they are aliases of a name (ESCO).
 SHAPE_MIN_EXAMPLES = 3
@@ -179,12 +191,13 @@ def setting_sources(settings: Settings, index: LabelIndex) -> dict[str, str]:
     sources = record.get("sources") or dict.fromkeys(saved, "labeled")
     return {name: "explicit" if name in settings.model_fields_set
             else sources.get(name, "labeled") if name in saved else "default"
-            for name in CALIBRATED_FIELDS}
+            for name in calibrated_fields()}
 
 
 def _saved(index: LabelIndex) -> dict[str, object]:
     calibrated = (index.calibration() or {}).get("settings", {})
-    return {name: value for name, value in calibrated.items() if name in CALIBRATED_FIELDS}
+    fields = calibrated_fields()
+    return {name: value for name, value in calibrated.items() if name in fields}
 
 
 def build_pipeline(settings: Settings, index: LabelIndex | None = None) -> Pipeline:

@@ -18,13 +18,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from retrieval.calibration.scoring import Calibration, calibration_record
-from retrieval.calibration.search import SearchSpace, search_settings
+from retrieval.calibration.search import search_settings
 from retrieval.calibration.splits import holdout
 from retrieval.catalog import Catalog, SkippedRow, load_catalog, load_labelled
 from retrieval.errors import LabelrankError
 from retrieval.index import LabelIndex, chroma_client, drop_index
 from retrieval.tune.train import PROVENANCE_FILE, TuneConfig, tune
-from service.factory import build_index
+from service.factory import build_index, search_space
 from service.indexing import index_catalog
 from service.settings import Settings
 
@@ -203,7 +203,8 @@ def _calibrate(settings: Settings, index: LabelIndex, dev: Rows, none_share: flo
                config: FitConfig) -> Calibration:
     texts, gold = [t for t, _ in dev], [list(labels) for _, labels in dev]
     metric = "f1_samples" if any(len(g) > 1 for g in gold) else "accuracy"
-    best, _ = search_settings(index, texts, gold, settings.top_k, metric, SearchSpace(),
+    best, _ = search_settings(index, texts, gold, settings.top_k, metric,
+                              search_space(settings),
                               config.min_texts_per_s, none_share=none_share)
     return best
 

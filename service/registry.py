@@ -26,7 +26,8 @@ SELECTORS: dict[str, str] = {
     "none": "service.factory:no_selector",
 }
 
-# name -> a stage class with `from_settings(settings) -> stage | None`, applied in this order.
+# name -> a stage class (retrieval.stages.StageKind: its settings, `from_settings`, the values
+# calibration tries), applied and calibrated in this order.
 CANDIDATE_STAGES: dict[str, str] = {
     "subqueries": "retrieval.subqueries:SubqueryStage",
     "lexical": "retrieval.lexical:LexicalStage",
@@ -53,3 +54,8 @@ def lookup(table: dict[str, str], name: str, kind: str) -> Callable[..., Any]:
     for part in attribute.split("."):
         found = getattr(found, part)
     return found
+
+
+def stage_kinds() -> tuple[Any, ...]:
+    """The registered candidate-stage classes, in the order they apply (imported now)."""
+    return tuple(lookup(CANDIDATE_STAGES, name, "candidate stage") for name in CANDIDATE_STAGES)

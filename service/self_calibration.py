@@ -12,7 +12,7 @@ from retrieval.calibration.pseudo_queries import PseudoSet, add_copies, build_ps
 from retrieval.calibration.scoring import Calibration, calibration_record
 from retrieval.calibration.search import SearchSpace, search_settings
 from retrieval.index import LabelIndex
-from service.factory import shape_default
+from service.factory import search_space, shape_default
 from service.settings import Settings
 
 # Fewer pseudo-queries than this say nothing a threshold could be fitted to.
@@ -50,7 +50,7 @@ def self_calibrate(settings: Settings, index: LabelIndex, space: SearchSpace | N
     # users' (held-out examples, several labels joined), not on a label's own name or alias.
     user_like = [i for i, kind in enumerate(pseudo.kinds) if kind in ("example", "composed")]
     best, results = search_settings(view, pseudo.texts, pseudo.gold, settings.top_k, metric,
-                                    space or SearchSpace(), floor,
+                                    space or search_space(settings), floor,
                                     user_like if len(user_like) >= MIN_PSEUDO_TEXTS else None)
     seconds = time.perf_counter() - started
     record = calibration_record(best, "self", {**pseudo.describe(), **catalog,

@@ -15,11 +15,13 @@ from eval.datasets import DatasetError, load_dataset
 from eval.metrics import evaluate
 from eval.report import plot_runs
 from eval.run import EvalConfig, load_run, run_eval, save_run
-from retrieval.branches import BranchConfig
-from retrieval.calibration.scoring import Calibration, ShortlistMatrix, beats_flat, best_threshold
+from retrieval.branches import BranchConfig, BranchStage
+from retrieval.calibration.scoring import Calibration, ShortlistMatrix, beats, best_threshold
 from retrieval.decision import Threshold, choose
 from retrieval.fusion import Aggregation, Candidate
 from retrieval.index import LabelIndex
+from retrieval.lexical import LexicalStage
+from retrieval.subqueries import SubqueryStage
 from service.engine import open_engine
 from service.factory import build_pipeline
 from tests.conftest import make_settings
@@ -164,16 +166,17 @@ def test_calibrate_on_a_real_index_refuses_test_splits(tmp_path: Path, mini_inde
                                                        dataset_path: Path) -> None:
     pipeline = build_pipeline(make_settings(tmp_path), index=mini_index)
     best, table = calibrate(pipeline, load_dataset(dataset_path))
-    flat = [c for c in table if not (c.subqueries or c.lexical_weight or c.branching)]
+    flat = [c for c in table if not c.stages]
     # every aggregation at every neighbour depth, then lexical, sub-queries, branch mode
     assert best.metric == "f1_samples" and len(flat) == 13 * 3
     assert {c.neighbours for c in flat} == {50, 100, 200}
-    assert any(c.lexical_weight for c in table) and any(c.subqueries for c in table)
-    branches = [c.branching.branches for c in table if c.branching]
+    assert any(c.stage(LexicalStage) for c in table) and any(c.stage(SubqueryStage)
+                                                             for c in table)
+    branches = [c.stage_settings["branches"] for c in table if c.stage(BranchStage)]
     assert branches == [1, 2, 3, 5]
     assert best.value >= max(c.value for c in flat)
     assert all(c.texts_per_s > 0 and c.n == len(GOLD) for c in table)
-    assert best.settings()["retrieval_mode"] == ("branch" if best.branching else "flat")
+    assert best.settings()["retrieval_mode"] == ("branch" if best.stage(BranchStage) else "flat")
     test_split = dataset_path.with_name("test.jsonl")
     test_split.write_text(dataset_path.read_text())
     with pytest.raises(DatasetError, match="test split"):
@@ -184,12 +187,14 @@ def test_branch_mode_must_beat_flat_by_more_than_noise() -> None:
     flat = Calibration(Aggregation(), Threshold(), "accuracy", 0.900, 0.95)
 
     def branch(value: float, recall: float) -> Calibration:
-        return replace(flat, value=value, candidate_recall=recall, branching=BranchConfig())
+        return replace(flat, value=value, candidate_recall=recall,
+                       stages=(BranchStage(BranchConfig()),))
 
-    assert not beats_flat(branch(0.902, 0.95), flat)  # a dev win within noise stays flat
-    assert beats_flat(branch(0.910, 0.90), flat)
-    assert beats_flat(branch(0.900, 0.99), flat)  # same score, a higher ceiling for the LLM
-    assert not beats_flat(branch(0.899, 0.99), flat)
+    margin = BranchStage.margin
+    assert not beats(branch(0.902, 0.95), flat, margin)  # a dev win within noise stays flat
+    assert beats(branch(0.910, 0.90), flat, margin)
+    assert beats(branch(0.900, 0.99), flat, margin)  # same score, a higher ceiling for the LLM
+    assert not beats(branch(0.899, 0.99), flat, margin)
 
 
 def test_halves_partition_the_dataset(dataset_path: Path) -> None:

@@ -11,15 +11,16 @@ import pytest
 from retrieval.calibration.held_out import HeldOutIndex
 from retrieval.calibration.memo_index import MemoIndex
 from retrieval.calibration.pseudo_queries import PseudoSet, add_copies, build_pseudo_set
-from retrieval.calibration.search import SearchSpace, search_settings
+from retrieval.calibration.search import search_settings
 from retrieval.catalog import Catalog, Label, load_catalog
 from retrieval.fusion import Aggregation
 from retrieval.index import LabelIndex, chroma_client, label_texts, vector_id
 from retrieval.lexical import Lexicon
 from retrieval.retriever import Retriever
 from retrieval.subqueries import SubqueryConfig, SubqueryStage
-from service.factory import build_pipeline, setting_sources, shape_default
+from service.factory import build_pipeline, search_space, setting_sources, shape_default
 from service.self_calibration import self_calibrate
+from service.settings import Settings
 from tests.conftest import DATA, make_settings
 
 SKILLS = DATA / "skills_catalog.jsonl"
@@ -144,14 +145,15 @@ def test_memo_view_ranks_exactly_what_the_index_ranks(readonly_index: LabelIndex
 def test_speed_floor_keeps_slow_settings_out(readonly_index: LabelIndex) -> None:
     texts = ["sourdough, espresso, tax return", "my puppy chews shoes", "when are taxes due"]
     gold = [["food.baking", "food.coffee", "money.taxes"], ["pets.dogs"], ["money.taxes"]]
-    space = SearchSpace(aggregations=(Aggregation("max", 0, None), Aggregation()),
-                        depths=(30,), branch_counts=())
+    space = search_space(Settings(_env_file=None),
+                         aggregations=(Aggregation("max", 0, None), Aggregation()),
+                         depths=(30,), levers={"branches": ()})
     best, results = search_settings(readonly_index, texts, gold, 5, "f1_samples", space,
                                     min_texts_per_s=1e9)
-    assert any(r.subqueries for r in results)  # tried and reported
-    whole = [r for r in results if not (r.subqueries or r.lexical_weight)]
+    assert any(r.stage(SubqueryStage) for r in results)  # tried and reported
+    whole = [r for r in results if not r.stages]
     # nothing is that fast: the fastest whole-text setting, never a sub-query one
-    assert best.subqueries is None and best in whole
+    assert best.stage(SubqueryStage) is None and best in whole
     assert best.texts_per_s == max(r.texts_per_s for r in whole)
 
 
@@ -183,12 +185,12 @@ def test_subqueries_are_judged_on_the_texts_named(readonly_index: LabelIndex) ->
              "cats"]
     gold = [["food.baking", "food.coffee", "money.taxes"], ["pets.dogs"], ["pets.dogs"],
             ["pets.cats"]]
-    space = SearchSpace(aggregations=(Aggregation("max", 0, None),), depths=(30,),
-                        lexical_weights=(0.0,), branch_counts=())
+    space = search_space(Settings(_env_file=None), aggregations=(Aggregation("max", 0, None),),
+                         depths=(30,), levers={"lexical_weight": (), "branches": ()})
     best, results = search_settings(readonly_index, texts, gold, 5, "f1_samples", space,
-                                    subquery_texts=[0, 2])
-    judged = [r for r in results if r.subqueries and r is not best]
+                                    sampled_texts=[0, 2])
+    judged = [r for r in results if r.stage(SubqueryStage) and r is not best]
     assert judged and all(r.n == 2 for r in judged)
     # against the best whole-text setting on the same two texts
-    assert [r.n for r in results if not r.subqueries] == [4, 2]
+    assert [r.n for r in results if not r.stage(SubqueryStage)] == [4, 2]
     assert best.n == 4  # a sub-query winner is ranked on every text again for its threshold

@@ -2,78 +2,66 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import numpy as np
 
-from retrieval.branches import BranchConfig, BranchStage
 from retrieval.decision import Threshold, top_scores
 from retrieval.fusion import Aggregation, Candidate
-from retrieval.lexical import LexicalStage
-from retrieval.stages import CandidateStage
-from retrieval.subqueries import SubqueryConfig, SubqueryStage
+from retrieval.stages import CandidateStage, describe_method
 
 SIMILARITIES = [round(float(x), 3) for x in np.arange(0.10, 0.901, 0.02)]
 RELATIVES = (0.0, 0.25, 0.5, 0.75, 0.9)
 METRICS = ("f1_samples", "jaccard", "accuracy", "f1_micro", "candidate_recall")
-# Branch mode must beat flat by more than dev-set noise (or match it and lift candidate recall,
-# the ceiling of LLM mode, by as much): a 0.2-point dev win on CLINC150 was a loss on held-out.
-BRANCH_MARGIN = 0.005
 SOURCES = ("shape", "self", "labeled")  # where a saved setting came from, weakest first
+
+
+# The calibrated Settings fields that are not a stage's, with the attribute each is on the
+# retrieval objects: the one table between the two names.
+BASE_FIELDS = {"aggregation": "aggregation.method", "rrf_k": "aggregation.k",
+               "max_hits_per_label": "aggregation.max_hits",
+               "threshold": "threshold.min_similarity",
+               "relative_threshold": "threshold.relative", "max_labels": "threshold.max_labels",
+               "relative_per_branch": "threshold.per_branch", "neighbours": "neighbours"}
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """One retrieval setting with its best threshold rule, its dev-set score and its cost."""
+    """One retrieval setting with its best threshold rule, its dev-set score and its cost. The
+    stages are kept both as built and as the Settings fields they were built from."""
 
     aggregation: Aggregation
     threshold: Threshold
     metric: str
     value: float
     candidate_recall: float
-    branching: BranchConfig | None = None
     neighbours: int = 100
-    subqueries: SubqueryConfig | None = None
-    lexical_weight: float = 0.0
+    stages: tuple[CandidateStage, ...] = ()
+    stage_settings: Mapping[str, object] = field(default_factory=dict)
     texts_per_s: float = 0.0
     n: int = 0  # dev texts it was scored on
 
-    def stages(self) -> list[CandidateStage]:
-        """The candidate stages this setting switches on, in the registry's order."""
-        stages: list[CandidateStage] = []
-        if self.subqueries:
-            stages.append(SubqueryStage(self.subqueries))
-        if self.lexical_weight:
-            stages.append(LexicalStage(self.lexical_weight))
-        if self.branching:
-            stages.append(BranchStage(self.branching))
-        return stages
+    def stage(self, kind: type) -> CandidateStage | None:
+        """The stage of this class in the setting, if it is on."""
+        return next((s for s in self.stages if isinstance(s, kind)), None)
 
     def describe(self) -> str:
         """The retrieval variant, e.g. `rrf(k=1,m=3)+branch(d=0,b=2,w=4)`, and its depth."""
-        method = self.aggregation.describe()
-        for stage in self.stages():
-            method = stage.describe(method)
-        return f"{method} nn={self.neighbours}"
+        return f"{describe_method(self.aggregation, self.stages)} nn={self.neighbours}"
 
     def settings(self) -> dict[str, object]:
         """As Settings fields, the form saved beside the index."""
-        agg = self.aggregation
-        branch = self.branching or BranchConfig()
-        sub = self.subqueries or SubqueryConfig()
-        return {"aggregation": agg.method, "rrf_k": agg.k, "max_hits_per_label": agg.max_hits or 0,
-                "threshold": self.threshold.min_similarity,
-                "relative_threshold": self.threshold.relative,
-                "max_labels": self.threshold.max_labels,
-                "relative_per_branch": self.threshold.per_branch,
-                "retrieval_mode": "branch" if self.branching else "flat",
-                "branch_depth": branch.depth, "branches": branch.branches,
-                "neighbours": self.neighbours,
-                "subqueries": self.subqueries.max_ngram if self.subqueries else 0,
-                "subquery_weight": sub.weight, "subquery_max_words": sub.max_words,
-                "subquery_neighbours": sub.neighbours, "lexical_weight": self.lexical_weight}
+        base = {name: _attribute(self, path) for name, path in BASE_FIELDS.items()}
+        base["max_hits_per_label"] = base["max_hits_per_label"] or 0
+        return {**base, **self.stage_settings}
+
+
+def _attribute(obj: object, path: str) -> object:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def calibration_record(best: Calibration, source: str, dev_set: dict) -> dict:
@@ -189,8 +177,9 @@ def candidate_recall(shortlists: Sequence[Sequence[Candidate]],
     return float(np.mean(shares)) if shares else 0.0
 
 
-def beats_flat(branch: Calibration, flat: Calibration) -> bool:
-    """Branch mode wins by more than the margin, or ties at least and lifts candidate recall."""
-    return branch.value > flat.value + BRANCH_MARGIN or (
-        branch.value >= flat.value
-        and branch.candidate_recall > flat.candidate_recall + BRANCH_MARGIN)
+def beats(setting: Calibration, base: Calibration, margin: float = 0.0) -> bool:
+    """`setting` wins over `base` by more than `margin`, or ties at least and lifts candidate
+    recall by as much (with no margin: a better (value, candidate recall) pair)."""
+    return setting.value > base.value + margin or (
+        setting.value >= base.value
+        and setting.candidate_recall > base.candidate_recall + margin)

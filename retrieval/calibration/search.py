@@ -1,162 +1,156 @@
 """The calibration search: every lever the retriever serves, each setting ranked by the serving
-code (`Retriever.rank`) on one dev set, scored with its best threshold and timed."""
+code (`Retriever.rank`) on one dev set, scored with its best threshold and timed.
+
+Aggregation x depth is a full grid (one search is ranked many ways); then each stage kind of
+the registry in its order, round by round over the values the kind declares, from the best
+setting so far. A kind is kept only when its best setting beats the one without it by the
+kind's margin. Stages are handled only through `StageKind`: a registered stage is calibrated
+without a line here."""
 
 from __future__ import annotations
 
 import hashlib
+import math
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from itertools import product
+from types import SimpleNamespace
 from typing import Any
 
-from retrieval.branches import BranchConfig, BranchStage
 from retrieval.calibration.memo_index import MemoIndex
 from retrieval.calibration.scoring import (
     METRICS,
     Calibration,
     ShortlistMatrix,
-    beats_flat,
+    beats,
     best_threshold,
     candidate_recall,
 )
 from retrieval.fusion import Aggregation
-from retrieval.lexical import LexicalStage
 from retrieval.retriever import Retriever
-from retrieval.stages import CandidateStage, Search
-from retrieval.subqueries import SubqueryConfig, SubqueryStage
+from retrieval.stages import CandidateStage, Search, StageKind
 from retrieval.taxonomy import taxonomy_of
 
 AGGREGATIONS = (Aggregation("max", 0, None),
                 *(Aggregation("rrf", k, m) for k in (1.0, 10.0, 60.0) for m in (1, 3, 5, None)))
+StageSettings = Mapping[str, object]
 
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """The levers calibration tries. Aggregation x depth is a full grid (cheap: one search);
-    then, one lever at a time from the best so far: the lexical weight, sub-queries (n-grams
-    x neighbours per part, then weight, then words per sentence part, then lexical on top),
-    branch mode. A 0 in `subquery_ngrams` or `lexical_weights` means off."""
+    """What calibration tries. `kinds`: the stage kinds, in the registry's order; `start`: the
+    Settings fields they read, as configured (each kind starts switched off); `levers`: for a
+    stage field, the values to try instead of the kind's own (empty: not searched)."""
 
+    kinds: tuple[type[StageKind], ...] = ()
+    start: StageSettings = field(default_factory=dict)
+    levers: Mapping[str, tuple[object, ...]] = field(default_factory=dict)
     aggregations: tuple[Aggregation, ...] = AGGREGATIONS
     depths: tuple[int, ...] = (50, 100, 200)
-    lexical_weights: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3)
-    subquery_ngrams: tuple[int, ...] = (0, 2, 3)
-    subquery_neighbours: tuple[int, ...] = (20, 50)
-    subquery_weights: tuple[float, ...] = (0.5, 0.3, 0.7)
-    subquery_max_words: tuple[int, ...] = (40, 20)
-    # Sub-queries cost 10-30 times a whole-text search: their settings are compared on a
-    # stable sample of this many dev texts, against the best whole-text setting on the same.
-    subquery_sample: int = 400
-    branch_counts: tuple[int, ...] = (1, 2, 3, 5)
-    max_branch_depth: int = 3
+    # A sampled (costly) kind is compared on a stable sample of this many dev texts, against
+    # the best setting without it on the same texts.
+    sample: int = 400
     per_branch: bool = True  # also try a relative threshold against the branch's top
 
     @classmethod
-    def only(cls, aggregation: Aggregation, neighbours: int,
-             subqueries: SubqueryConfig | None = None, lexical_weight: float = 0.0,
-             per_branch: bool = True) -> SearchSpace:
-        """One retrieval setting, flat: calibrate its threshold only."""
-        sub = subqueries or SubqueryConfig()
-        return cls((aggregation,), (neighbours,), (lexical_weight,),
-                   (subqueries.max_ngram if subqueries else 0,), (sub.neighbours,),
-                   (sub.weight,), (sub.max_words,), branch_counts=(), per_branch=per_branch)
+    def only(cls, aggregation: Aggregation, neighbours: int, kinds: tuple[type[StageKind], ...],
+             settings: StageSettings, per_branch: bool = True) -> SearchSpace:
+        """One retrieval setting (its stages as `settings` configure them): calibrate its
+        threshold only."""
+        frozen = {name: () for kind in kinds for name in kind.fields}
+        return cls(kinds, settings, frozen, (aggregation,), (neighbours,),
+                   per_branch=per_branch)
+
+    def values(self, kind: type[StageKind], index: Any) -> dict[str, tuple[object, ...]]:
+        """The values tried for each of the kind's fields on this index (empty: none)."""
+        own = kind.space(index)
+        return {name: tuple(self.levers.get(name, values)) for name, values in own.items()}
+
+    def switched_off(self) -> dict[str, object]:
+        """The start with every kind off."""
+        off = dict(self.start)
+        for kind in self.kinds:
+            off.update(kind.off)
+        return off
 
 
 def search_settings(index: Any, texts: Sequence[str], gold: Sequence[Sequence[str]],
-                    top_k: int, metric: str, space: SearchSpace = SearchSpace(),
+                    top_k: int, metric: str, space: SearchSpace,
                     min_texts_per_s: float = 0.0,
-                    subquery_texts: Sequence[int] | None = None,
+                    sampled_texts: Sequence[int] | None = None,
                     none_share: float | None = None,
                     ) -> tuple[Calibration, list[Calibration]]:
     """The best setting in `space` on these texts, and every setting tried. `index` is a
     LabelIndex or a view of one (`HeldOutIndex`). Settings slower than `min_texts_per_s` are
-    reported but not chosen (unless every whole-text setting is). Sub-queries are judged on
-    the texts at `subquery_texts` (default: all); when they win there, the winner is ranked
-    on all texts again for its threshold. With `none_share`, the metric weighs the
-    out-of-scope dev texts as that share of all texts (see `text_weights`)."""
+    reported but not chosen (unless every whole-text setting is). Sampled kinds are judged on
+    the texts at `sampled_texts` (default: all); when one wins there, the winner is ranked on
+    all texts again for its threshold. With `none_share`, the metric weighs the out-of-scope
+    dev texts as that share of all texts (see `text_weights`)."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
     if not texts:
         raise ValueError("calibration needs at least one dev text")
     memo = MemoIndex(index)
     taxonomy = taxonomy_of(index.labels)
-    branch_depths = range(min(taxonomy.max_depth(), space.max_branch_depth)
-                          if space.branch_counts else 0)
-    widen = BranchConfig().widen if branch_depths else 1
     branch_of = ((lambda label_id: taxonomy.branch(label_id, 0))
                  if taxonomy.max_depth() > 0 else None)
     scopes = (False, True) if branch_of and space.per_branch else (False,)
-    run = _Runner(memo, top_k, metric, branch_of, scopes, min_texts_per_s, none_share)
+    run = _Runner(memo, top_k, metric, branch_of, scopes, min_texts_per_s, none_share,
+                  space.kinds)
+    tried = {kind: space.values(kind, index) for kind in space.kinds}
+    tried = {kind: values for kind, values in tried.items() if any(values.values())}
+    widen = math.prod(kind.max_widen for kind in tried)
 
     depths = sorted({max(d, top_k) for d in space.depths})
     whole = run.search(texts, gold, depths[-1], widen)
-    flat = [run.rank(whole.at(d), how, []) for d in depths for how in space.aggregations]
-    best = run.pick(flat, floor=True)
-    lexical = [run.rank(whole.at(best.neighbours), best.aggregation, [LexicalStage(w)])
-               for w in space.lexical_weights if w]
-    results = [*flat, *lexical]
-    best = run.pick([best, *lexical])
-
-    source = whole
-    if any(space.subquery_ngrams):
-        judged = list(range(len(texts)) if subquery_texts is None else subquery_texts)
-        sample = [judged[i] for i in _sample(len(judged), space.subquery_sample)]
-        sampled = run.search([texts[i] for i in sample], [gold[i] for i in sample],
-                             best.neighbours, widen)
-        base = (best if len(sample) == len(texts)
-                else run.rank(sampled.at(best.neighbours), best.aggregation, best.stages()))
-        subs = _subquery_settings(run, sampled.at(best.neighbours), best, space)
-        results += ([] if base is best else [base]) + subs
-        if subs and run.pick([base, *subs]) is not base:
-            best, source = run.pick(subs), sampled
-            if len(sample) < len(texts) and subquery_texts is not None:
-                everything = _sample(len(texts), space.subquery_sample)
-                source = run.search([texts[i] for i in everything],
-                                    [gold[i] for i in everything], best.neighbours, widen)
-                best = run.rank(source.at(best.neighbours), best.aggregation, best.stages())
-                results.append(best)
-
-    flat_best = best
-    for depth in branch_depths:
-        for count in space.branch_counts:
-            config = BranchConfig(depth, count, widen)
-            cal = run.rank(source.at(flat_best.neighbours), flat_best.aggregation,
-                           [*flat_best.stages(), BranchStage(config)])
-            results.append(cal)
-            if run.allowed(cal) and beats_flat(cal, flat_best) and (
-                    best is flat_best or _key(cal) > _key(best)):
-                best = cal
+    off = space.switched_off()
+    results = [run.rank(whole.at(d), how, off) for d in depths for how in space.aggregations]
+    best, source = run.pick(results, floor=True), whole
+    for kind, values in tried.items():
+        if kind.sampled:
+            judged = list(range(len(texts)) if sampled_texts is None else sampled_texts)
+            sample = [judged[i] for i in _sample(len(judged), space.sample)]
+            sampled = run.search([texts[i] for i in sample], [gold[i] for i in sample],
+                                 best.neighbours, widen)
+            base = (best if len(sample) == len(texts)
+                    else run.rank(sampled.at(best.neighbours), best.aggregation,
+                                  best.stage_settings))
+            results += [] if base is best else [base]
+        else:
+            sampled, base = source, best
+        top, more = _rounds(run, sampled.at(best.neighbours), base, kind, values)
+        results += more
+        if top is None or not run.allowed(top) or not beats(top, base, kind.margin):
+            continue
+        best, source = top, sampled
+        if kind.sampled and len(sample) < len(texts) and sampled_texts is not None:
+            everything = _sample(len(texts), space.sample)
+            source = run.search([texts[i] for i in everything], [gold[i] for i in everything],
+                                best.neighbours, widen)
+            best = run.rank(source.at(best.neighbours), best.aggregation, best.stage_settings)
+            results.append(best)
     return best, results
 
 
-def _subquery_settings(run: _Runner, parts: _Searched, best: Calibration,
-                       space: SearchSpace) -> list[Calibration]:
-    """Sub-query settings, one lever at a time: n-grams x neighbours per part (fewer
-    neighbours first, so each depth is searched, and timed, for real), then the weight, the
-    words per sentence part, and the lexical weight on top."""
-    weight, words = space.subquery_weights[0], space.subquery_max_words[0]
-
-    def ranked(config: SubqueryConfig, lexical: float = 0.0) -> Calibration:
-        stages: list[CandidateStage] = [SubqueryStage(config)]
-        if lexical:
-            stages.append(LexicalStage(lexical))
-        return run.rank(parts, best.aggregation, stages)
-
-    tried = [ranked(SubqueryConfig(n, words, weight, nn))
-             for nn in sorted(space.subquery_neighbours) for n in space.subquery_ngrams if n]
-    if not tried:
-        return []
-    top = run.pick(tried)
-    for lever in ("weight", "max_words"):
-        values = space.subquery_weights if lever == "weight" else space.subquery_max_words
-        assert top.subqueries is not None
-        more = [ranked(replace(top.subqueries, **{lever: v})) for v in values
-                if v != getattr(top.subqueries, lever)]
-        tried += more
-        top = run.pick([top, *more])
-    assert top.subqueries is not None
-    lexical = [ranked(top.subqueries, w) for w in space.lexical_weights if w]
-    return [*tried, *lexical]
+def _rounds(run: _Runner, searched: _Searched, base: Calibration, kind: type[StageKind],
+            values: Mapping[str, tuple[object, ...]]) -> tuple[Calibration | None,
+                                                               list[Calibration]]:
+    """A kind's rounds: each tries its fields' values from the best of the rounds before it
+    (the first, from `base`); returns the kind's best setting (None: nothing tried) and all."""
+    top: Calibration | None = None
+    tried: list[Calibration] = []
+    for fields in kind.rounds:
+        start = (top or base).stage_settings
+        variants = [{**start, **dict(zip(fields, combo, strict=True))}
+                    for combo in product(*(values.get(name, (start[name],))
+                                           for name in fields))]
+        ranked = [run.rank(searched, base.aggregation, v) for v in variants
+                  if v != start and kind.from_settings(SimpleNamespace(**v)) is not None]
+        if ranked:
+            tried += ranked
+            top = run.pick([top, *ranked] if top else ranked)
+    return top, tried
 
 
 @dataclass(frozen=True)
@@ -177,9 +171,11 @@ class _Runner:
 
     def __init__(self, memo: MemoIndex, top_k: int, metric: str,
                  branch_of: Callable[[str], str] | None, scopes: tuple[bool, ...],
-                 min_texts_per_s: float, none_share: float | None = None) -> None:
+                 min_texts_per_s: float, none_share: float | None,
+                 kinds: tuple[type[StageKind], ...]) -> None:
         self.memo, self.top_k, self.metric, self.none_share = memo, top_k, metric, none_share
         self.branch_of, self.scopes, self.floor = branch_of, scopes, min_texts_per_s
+        self.kinds = kinds
         self.retriever = Retriever(memo, Aggregation(), evidence=False)
 
     def search(self, texts: Sequence[str], gold: Sequence[Sequence[str]], depth: int,
@@ -191,8 +187,12 @@ class _Runner:
         return _Searched(self._last, gold, seconds / len(texts))
 
     def rank(self, searched: _Searched, how: Aggregation,
-             stages: Sequence[CandidateStage]) -> Calibration:
+             stage_settings: StageSettings) -> Calibration:
         """One setting: its shortlists, best threshold, candidate recall and texts/s."""
+        configured = SimpleNamespace(**stage_settings)
+        stages: list[CandidateStage] = [
+            stage for kind in self.kinds
+            if (stage := kind.from_settings(configured)) is not None]
         seconds = self._timed(lambda: self.retriever.rank(searched.search, how, stages))
         shortlists, gold = self._last, searched.gold
         widest = max((len(g) for g in gold), default=1)
@@ -202,15 +202,9 @@ class _Runner:
         rule, value = best_threshold(matrix, select_by, grid, self.scopes)
         recall = candidate_recall(shortlists, gold)
         per_text = searched.seconds_per_text + seconds / len(gold)
-        kinds = {type(s): s for s in stages}
-        sub, lexical = kinds.get(SubqueryStage), kinds.get(LexicalStage)
-        branch = kinds.get(BranchStage)
         return Calibration(
             how, rule, self.metric, recall if self.metric == "candidate_recall" else value,
-            recall, branch.config if isinstance(branch, BranchStage) else None,
-            searched.search.depth_unit,
-            sub.config if isinstance(sub, SubqueryStage) else None,
-            lexical.weight if isinstance(lexical, LexicalStage) else 0.0,
+            recall, searched.search.depth_unit, tuple(stages), dict(stage_settings),
             1.0 / per_text if per_text > 0 else float("inf"), len(gold))
 
     def allowed(self, cal: Calibration) -> bool:
