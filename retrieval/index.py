@@ -18,6 +18,7 @@ from retrieval.catalog import Catalog, Label
 from retrieval.embedder import Embedder
 from retrieval.errors import EmptyIndexError, IndexMismatchError, UnknownLabelError
 from retrieval.generations import Compaction, Gate
+from retrieval.head import EXAMPLES, HeadInfo, HeadRow, HeadTable, LabelHead, examples_digest
 from retrieval.iterables import chunks
 from retrieval.journal import STALE_S, Journal
 
@@ -160,6 +161,8 @@ class LabelIndex(Compaction):
         self._dirty: set[str] | None = None  # labels written while a compaction copies
         self._labels: dict[str, Label] = {}
         self._hashes: dict[str, str] = {}
+        self._head_table = HeadTable()
+        self._head: tuple[HeadTable, str, LabelHead] | None = None  # cached by table and info
         self._reload()
         # Counting costs more than a query (measured 12 ms vs 4 ms at 56K vectors), and only
         # this object's writes change it (other workers' edits make the API reopen the index).
@@ -206,6 +209,31 @@ class LabelIndex(Compaction):
         """Store calibrated retrieval settings beside the index."""
         with self._lock:
             self._set_meta(calibration=json.dumps(values, sort_keys=True))
+
+    def head(self) -> LabelHead | None:
+        """The learned head saved with the index (None: never trained, or for another
+        embedder); rebuilt only after label writes."""
+        raw = (self._vectors.metadata or {}).get("head")
+        table = self._head_table
+        if not raw:
+            return None
+        if self._head is None or self._head[0] is not table or self._head[1] != raw:
+            info = HeadInfo.from_json(raw)
+            if info.embedder != self.embedder.name or info.dim != self.embedder.dim:
+                return None
+            self._head = (table, raw, LabelHead(info, table))
+        return self._head[2]
+
+    def save_head(self, info: HeadInfo, rows: dict[str, HeadRow]) -> None:
+        """Store each label's trained row in its label record, then the head's facts."""
+        with self._lock:
+            ids = [label_id for label_id in rows if label_id in self._labels]
+            if self._dirty is not None:  # a compaction copying meanwhile copies them again
+                self._dirty.update(ids)
+            for chunk in chunks(ids, _WRITE_BATCH):
+                self._records.update(ids=chunk, metadatas=[rows[lid].fields() for lid in chunk])
+            self._head_table = self._head_table.trained({lid: rows[lid] for lid in ids})
+            self._set_meta(head=info.to_json())
 
     def vector_count(self) -> int:
         """Number of vectors in the index."""
@@ -256,10 +284,12 @@ class LabelIndex(Compaction):
                 results.append(hits)
         return results
 
-    def iter_vectors(self) -> Iterator[StoredVector]:
-        """Every stored label vector with its label, kind and text (a full scan, page by page)."""
+    def iter_vectors(self, kind: str | None = None) -> Iterator[StoredVector]:
+        """Every stored label vector (of one kind, if given) with its label, kind and text
+        (a full scan, page by page)."""
         for vid, meta, doc, vector in _pages(self._vectors,
-                                              ["metadatas", "documents", "embeddings"]):
+                                              ["metadatas", "documents", "embeddings"],
+                                              {"kind": kind} if kind else None):
             yield StoredVector(vid, meta["label_id"], meta["kind"], doc,
                                np.asarray(vector, dtype=np.float32))
 
@@ -482,7 +512,8 @@ class LabelIndex(Compaction):
             ids=[lab.id for lab in plan.labels], embeddings=names,
             documents=[_label_json(lab) for lab in plan.labels],
             metadatas=[{"hash": self._hash(lab), "parent": lab.parent or "",
-                        "examples": len(lab.examples)} for lab in plan.labels],
+                        "examples": len(lab.examples), EXAMPLES: _examples_digest(lab)}
+                       for lab in plan.labels],
         )
         self._journal.end(key)
 
@@ -516,10 +547,12 @@ class LabelIndex(Compaction):
 
     def _reload(self) -> None:
         """Read every label record from Chroma (on open and after a full sync)."""
-        labels, hashes = {}, {}
+        labels, hashes, metas = {}, {}, []
         for rid, meta, doc, _ in _pages(self._records, ["metadatas", "documents"]):
             labels[rid], hashes[rid] = _label_from_json(doc), meta["hash"]
+            metas.append((rid, meta))
         self._labels, self._hashes = labels, hashes
+        self._head_table = HeadTable.read(metas)
 
     def _remember(self, written: Sequence[Label], removed: Sequence[str]) -> None:
         # New dicts, not in-place edits: readers holding the old ones see a consistent catalog,
@@ -532,6 +565,8 @@ class LabelIndex(Compaction):
             labels.pop(label_id, None)
             hashes.pop(label_id, None)
         self._labels, self._hashes = labels, hashes
+        self._head_table = self._head_table.updated(
+            ((lab.id, _examples_digest(lab), len(lab.examples)) for lab in written), removed)
 
     def _hash(self, label: Label) -> str:
         """What a label's stored hash must be: its content, and whether it has a prototype."""
@@ -548,11 +583,13 @@ class LabelIndex(Compaction):
         self._vectors.modify(metadata=meta)
 
 
-def _pages(collection, include: list[str]) -> Iterator[tuple[str, dict, str, object]]:
-    """Every row of a Chroma collection as (id, metadata, document, embedding), page by page."""
+def _pages(collection, include: list[str],
+           where: dict | None = None) -> Iterator[tuple[str, dict, str, object]]:
+    """Every row of a Chroma collection (matching `where`) as (id, metadata, document,
+    embedding), page by page."""
     offset = 0
     while True:
-        page = collection.get(include=include, limit=_PAGE, offset=offset)
+        page = collection.get(include=include, limit=_PAGE, offset=offset, where=where)
         count = len(page["ids"])
         metas = page.get("metadatas") or [None] * count
         docs = page.get("documents") or [None] * count
@@ -573,6 +610,11 @@ def _prototype_entry(label: Label) -> tuple[str, tuple[str, str, str]] | None:
     digest = hashlib.sha1("\x1f".join(texts).encode()).hexdigest()[:16]
     return (f"{label.id}\x1f{PROTOTYPE}-{digest}",
             (label.id, PROTOTYPE, f"mean of {len(texts)} examples"))
+
+
+def _examples_digest(label: Label) -> str:
+    """The digest of the example texts stored for a label (as the head records them)."""
+    return examples_digest(text for kind, text in label_texts(label) if kind == "example")
 
 
 def _label_json(label: Label) -> str:

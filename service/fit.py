@@ -25,7 +25,8 @@ from retrieval.errors import LabelrankError
 from retrieval.index import LabelIndex, chroma_client, drop_index
 from retrieval.tune.train import PROVENANCE_FILE, TuneConfig, tune
 from service.factory import build_index, search_space
-from service.indexing import index_catalog
+from service.indexing import index_catalog, train_head
+from service.locking import writing
 from service.settings import Settings
 
 WORK_DIR = "labelrank-fit"
@@ -73,6 +74,7 @@ class FitReport:
     settings: dict = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
+    head: list[str] = field(default_factory=list)  # what each index's head training did
 
 
 def fit(settings: Settings, catalog_path: Path, example_paths: Sequence[Path],
@@ -111,6 +113,7 @@ def fit(settings: Settings, catalog_path: Path, example_paths: Sequence[Path],
             where = _candidate(settings, db, embedder)
             index_catalog(where, indexed)
             index = build_index(where)
+            _train_head(where, index, report)
         with _stage(report, f"calibrate ({name})", progress):
             return index, _calibrate(settings, index, dev, report.none_share, config)
 
@@ -141,6 +144,7 @@ def fit(settings: Settings, catalog_path: Path, example_paths: Sequence[Path],
         index_catalog(final_settings, indexed)
         state.set("final_embedder", final_settings.embedder)
         final = build_index(final_settings)
+        _train_head(final_settings, final, report)  # on the kept model's embeddings
     dev_set = {"name": "fit dev split", "n": len(dev), "sha256": _digest(dev),
                "none_share": report.none_share}
     final.save_calibration(calibration_record(best, "labeled", dev_set))
@@ -148,6 +152,12 @@ def fit(settings: Settings, catalog_path: Path, example_paths: Sequence[Path],
     (work / "report.json").write_text(json.dumps(asdict(report), indent=1))
     state.set("done", run_key)
     return report
+
+
+def _train_head(settings: Settings, index: LabelIndex, report: FitReport) -> None:
+    """Train the index's head (or keep an up-to-date one), as `labelrank index` does."""
+    with writing(settings, "index"):
+        report.head.append(train_head(settings, index))
 
 
 def _candidate(settings: Settings, db: Path, embedder: str) -> Settings:

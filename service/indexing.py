@@ -11,7 +11,8 @@ from tqdm import tqdm
 
 from retrieval.catalog import Catalog, SkippedRow, load_catalog, load_examples
 from retrieval.embedder import Embedder
-from retrieval.index import SyncReport, label_texts
+from retrieval.head_train import TrainConfig, train_index_head
+from retrieval.index import LabelIndex, SyncReport, label_texts
 from retrieval.pivots import pivot_catalog
 from retrieval.process_embedder import ProcessEmbedder
 from service.factory import build_embedder, build_index, embedder_factory
@@ -46,6 +47,42 @@ def index_catalog(settings: Settings, catalog: Catalog,
             report = index.sync(catalog, progress=bar.update, prune=prune)
     report.examples_left_out = dropped
     return report, time.perf_counter() - started
+
+
+def head_config(settings: Settings) -> TrainConfig:
+    """How the head trains, from the "Learned head" settings."""
+    return TrainConfig(mode=settings.head_mode, epochs=settings.head_epochs,
+                       max_seconds=settings.head_max_seconds,
+                       hard_negatives=settings.head_hard_negatives,
+                       random_negatives=settings.head_random_negatives)
+
+
+def train_head(settings: Settings, index: LabelIndex) -> str:
+    """Train the head on the index's examples when the settings ask for it and anything is
+    new since the last training; returns a line saying what happened. The caller holds the
+    directory's writing lock."""
+    if not settings.head_train:
+        return "head: not trained (LABELRANK_HEAD_TRAIN=false)"
+    assignable = [lid for lid, label in index.labels.items() if label.assignable]
+    head = index.head()
+    if head is not None and head.info.mode == settings.head_mode:
+        status = head.status(assignable)
+        if status.trained and not status.new and not status.stale:
+            return f"head: up to date ({status.trained} labels, trained {head.info.trained_at})"
+    info = train_index_head(index, head_config(settings))
+    if info is None:
+        return "head: none (fewer than two labels have examples)"
+    return (f"head: trained on {info.examples} examples of {info.labels} labels in "
+            f"{info.seconds:.1f} s ({info.epochs} epochs, {info.mode})")
+
+
+def describe_head(settings: Settings, index: LabelIndex) -> dict[str, object]:
+    """The head's part of `labelrank info`: on or off, when, on which model, coverage."""
+    head = index.head()
+    if head is None:
+        return {"on": False, "trained": False}
+    assignable = [lid for lid, label in index.labels.items() if label.assignable]
+    return {**head.describe(assignable, settings.head_weight), "trained": True}
 
 
 def _with_pivots(catalog: Catalog, embedder: Embedder, cap: int) -> tuple[Catalog, int]:

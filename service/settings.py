@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     # (1: order by the head alone; 0: off); used only when the index holds a trained head.
     head_weight: float = Field(0.5, ge=0, le=1)
     head_train: bool = True  # at the end of `labelrank index`, when labels have examples
+    head_mode: Literal["ovr", "softmax"] = "ovr"  # a sigmoid per label, or a shortlist softmax
+    head_epochs: int = Field(10, ge=1)
+    head_max_seconds: float = Field(120.0, gt=0)  # bounds training whatever the catalog's size
+    head_hard_negatives: int = Field(15, ge=0)  # labels near an example's own, per example
+    head_random_negatives: int = Field(5, ge=0)
 
     # Choosing among candidates: auto (the LLM when an endpoint is set), llm, none, or any name
     # in service.registry.SELECTORS.

@@ -22,11 +22,12 @@ def index(
     strict: Annotated[bool, typer.Option(
         "--strict", help="Stop on a bad example row instead of skipping it.")] = False,
 ) -> None:
-    """Build or update the index from a catalog (only what changed is re-embedded), then let
-    the catalog calibrate the retrieval settings (LABELRANK_SELF_CALIBRATION_TEXTS=0: off)."""
+    """Build or update the index from a catalog (only what changed is re-embedded), train the
+    learned head on the labels' examples (LABELRANK_HEAD_TRAIN=false: off), then let the
+    catalog calibrate the retrieval settings (LABELRANK_SELF_CALIBRATION_TEXTS=0: off)."""
     from retrieval.catalog import SkippedRow
     from service.factory import build_index
-    from service.indexing import build_or_update
+    from service.indexing import build_or_update, train_head
     from service.locking import writing
     from service.self_calibration import calibrate_after_index
 
@@ -47,17 +48,22 @@ def index(
             if len(skipped) > SHOWN_SKIPPED else ""
         typer.echo(f"example rows skipped: {len(skipped)} (--strict stops on them){shown}{more}",
                    err=True)
-    with writing(settings, "index"):  # it saves with the index: one writer, as indexing
-        line, _ = calibrate_after_index(settings, build_index(settings))
+    with writing(settings, "index"):  # both save with the index: one writer, as indexing
+        index = build_index(settings)
+        # Before calibration, so that calibration weighs the head.
+        typer.echo(train_head(settings, index), err=True)
+        line, _ = calibrate_after_index(settings, index)
     typer.echo(line, err=True)
 
 
 def info(db: DbOpt = None) -> None:
     """Show what an index holds and the retrieval settings in effect (calibration included)."""
     from service.engine import open_engine
+    from service.indexing import describe_head
 
     engine = open_engine(settings_from(db))
-    typer.echo(json.dumps(engine.describe(), indent=2))
+    head = describe_head(engine.settings, engine.index)
+    typer.echo(json.dumps({**engine.describe(), "head": head}, indent=2))
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,226 @@
+"""Training the learned head: each example against its own labels, the labels retrieval would
+shortlist beside them (hard negatives) and a few random ones; never a softmax over every label
+(30,000 labels x 384 dims x 600,000 examples does not fit two cores)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+
+from retrieval.head import HeadInfo, HeadRow, Mode, examples_digest
+from retrieval.index import LabelIndex
+
+_CHUNK = 1024  # rows per similarity block: 1,024 x 30,000 floats is 123 MB
+_SCALE_SAMPLE = 2000  # examples whose candidates fit the untrained labels' map
+_SCALE_SEGMENT = 50  # of a label's examples, the ones its leave-one-out similarity looks at
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What training may spend and how it samples; the same config and data give the same head
+    when `epochs`, not `max_seconds`, ends it."""
+
+    mode: Mode = "ovr"
+    epochs: int = 10
+    max_seconds: float = 120.0
+    hard_negatives: int = 15
+    random_negatives: int = 5
+    label_neighbours: int = 50  # prototypes near a label's: where its examples' hard negatives are
+    batch_size: int = 256
+    learning_rate: float = 0.02
+    l2: float = 1e-4
+    init_scale: float = 10.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """Weights [labels x dim] and biases in label-number order, the map for untrained labels."""
+
+    weights: np.ndarray
+    biases: np.ndarray
+    scale: tuple[float, float]
+    epochs: int
+    seconds: float
+
+
+def fit_head(vectors: np.ndarray, label_sets: Sequence[Sequence[int]], n_labels: int,
+             config: TrainConfig = TrainConfig()) -> Fitted:
+    """Fit one weight and bias per label number on unit `vectors`, each with its label numbers
+    (several for a multi-label text)."""
+    import torch
+
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    positives = _padded(label_sets)
+    prototypes = _prototypes(x, positives, n_labels)
+    hard = _hard_negatives(x, positives, prototypes, config)
+    randoms = min(config.random_negatives, max(0, n_labels - 1))
+    weights = torch.nn.Embedding(n_labels, x.shape[1], sparse=True)
+    biases = torch.nn.Embedding(n_labels, 1, sparse=True)
+    with torch.no_grad():
+        weights.weight.copy_(torch.from_numpy(prototypes * config.init_scale))
+        biases.weight.fill_(_initial_bias(x, positives, hard, prototypes, config))
+    optimizer = torch.optim.SparseAdam([weights.weight, biases.weight], lr=config.learning_rate)
+    xt, post, hardt = torch.from_numpy(x), torch.from_numpy(positives), torch.from_numpy(hard)
+    epochs = 0
+    while epochs < config.epochs and time.perf_counter() - started < config.max_seconds:
+        for batch in np.array_split(rng.permutation(len(x)),
+                                    max(1, len(x) // config.batch_size)):
+            rows = torch.from_numpy(batch)
+            random = torch.from_numpy(rng.integers(0, n_labels, (len(batch), randoms)))
+            pos = post[rows]
+            candidates = torch.cat([pos.clamp(min=0), hardt[rows], random], dim=1)
+            valid = torch.cat([pos >= 0, torch.ones_like(candidates[:, pos.shape[1]:],
+                                                        dtype=torch.bool)], dim=1)
+            target = (candidates[:, :, None] == pos[:, None, :]).any(-1) & valid
+            rows_w = weights(candidates)
+            logits = torch.einsum("nd,nkd->nk", xt[rows], rows_w) + biases(candidates)[..., 0]
+            loss = _loss(logits, target, valid, config.mode)
+            loss = loss + config.l2 * rows_w.pow(2).sum() / len(batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if time.perf_counter() - started > config.max_seconds:
+                break
+        epochs += 1
+    w = weights.weight.detach().numpy().astype(np.float32)
+    b = biases.weight.detach().numpy()[:, 0].astype(np.float32)
+    scale = _similarity_map(x, positives, hard, w, b, rng)
+    return Fitted(w, b, scale, epochs, time.perf_counter() - started)
+
+
+def _loss(logits, target, valid, mode: Mode):
+    import torch
+    import torch.nn.functional as F
+
+    if mode == "ovr":
+        per_pair = F.binary_cross_entropy_with_logits(logits, target.float(), reduction="none")
+        return (per_pair * valid).sum() / valid.sum()
+    share = target.float() / target.sum(dim=1, keepdim=True).clamp(min=1)
+    masked = logits.masked_fill(~valid, float("-inf"))
+    return -(share * torch.log_softmax(masked, dim=1).masked_fill(~valid, 0.0)).sum(1).mean()
+
+
+def _padded(label_sets: Sequence[Sequence[int]]) -> np.ndarray:
+    """[examples x most labels] label numbers, -1 padded."""
+    width = max((len(s) for s in label_sets), default=1)
+    out = np.full((len(label_sets), max(1, width)), -1, dtype=np.int64)
+    for row, labels in enumerate(label_sets):
+        out[row, :len(labels)] = labels
+    return out
+
+
+def _prototypes(x: np.ndarray, positives: np.ndarray, n_labels: int) -> np.ndarray:
+    """Each label's normalised mean example."""
+    sums = np.zeros((n_labels, x.shape[1]), dtype=np.float64)
+    for column in positives.T:
+        keep = column >= 0
+        np.add.at(sums, column[keep], x[keep])
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return (sums / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def _hard_negatives(x: np.ndarray, positives: np.ndarray, prototypes: np.ndarray,
+                    config: TrainConfig) -> np.ndarray:
+    """[examples x H] for each example, the labels whose prototypes are nearest it, picked
+    among its own labels' nearest prototypes (two steps: every example against every
+    prototype would cost 14 TFLOP at 30,000 labels and 600,000 examples)."""
+    import torch
+
+    n_labels = len(prototypes)
+    h = min(config.hard_negatives, n_labels - 1)
+    if h <= 0:
+        return np.zeros((len(x), 0), dtype=np.int64)
+    m = min(max(config.label_neighbours, h + positives.shape[1]), n_labels - 1)
+    protos = torch.from_numpy(prototypes)
+    neighbours = np.empty((n_labels, m), dtype=np.int64)
+    for start in range(0, n_labels, _CHUNK):
+        sims = protos[start:start + _CHUNK] @ protos.T
+        sims[torch.arange(len(sims)), torch.arange(start, start + len(sims))] = -np.inf
+        neighbours[start:start + _CHUNK] = sims.topk(m, dim=1).indices.numpy()
+    out = np.empty((len(x), h), dtype=np.int64)
+    for start in range(0, len(x), _CHUNK):
+        pos = positives[start:start + _CHUNK]
+        own = np.where(pos >= 0, pos, pos[:, :1])  # padding repeats the first label
+        pool = neighbours[own].reshape(len(pos), -1)
+        scores = np.einsum("nd,nkd->nk", x[start:start + _CHUNK], prototypes[pool])
+        scores[(pool[:, :, None] == pos[:, None, :]).any(-1)] = -np.inf
+        best = np.argsort(-scores, axis=1, kind="stable")[:, :h]
+        out[start:start + _CHUNK] = np.take_along_axis(pool, best, axis=1)
+    return out
+
+
+def _initial_bias(x: np.ndarray, positives: np.ndarray, hard: np.ndarray,
+                  prototypes: np.ndarray, config: TrainConfig) -> float:
+    """A bias that starts the scaled prototype logits between positives and hard negatives."""
+    first = positives[:, 0]
+    to_own = np.einsum("nd,nd->n", x, prototypes[first])
+    if not hard.shape[1]:
+        return -config.init_scale * float(np.mean(to_own)) if config.mode == "ovr" else 0.0
+    to_hard = np.einsum("nd,nd->n", x, prototypes[hard[:, 0]])
+    middle = (float(np.mean(to_own)) + float(np.mean(to_hard))) / 2
+    return -config.init_scale * middle if config.mode == "ovr" else 0.0
+
+
+def _similarity_map(x: np.ndarray, positives: np.ndarray, hard: np.ndarray, w: np.ndarray,
+                    b: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
+    """(a, c) with logit ~ a x similarity + c over trained labels, where similarity is what
+    retrieval gives an unseen text: its best cosine to the label's other examples."""
+    members: dict[int, list[int]] = {}
+    for row, labels in enumerate(positives.tolist()):
+        for label in labels:
+            if label >= 0:
+                members.setdefault(label, []).append(row)
+    segments = {label: np.array(rows[:_SCALE_SEGMENT]) for label, rows in members.items()}
+    sample = rng.choice(len(x), size=min(_SCALE_SAMPLE, len(x)), replace=False)
+    sims, logits = [], []
+    for row in sample.tolist():
+        for label in {*positives[row][positives[row] >= 0].tolist(), *hard[row].tolist()}:
+            others = segments[label][segments[label] != row]
+            if len(others):
+                sims.append(float(np.max(x[others] @ x[row])))
+                logits.append(float(x[row] @ w[label] + b[label]))
+    if len(set(sims)) < 2:
+        return 0.0, float(np.mean(logits)) if logits else 0.0
+    a, c = np.polyfit(np.array(sims), np.array(logits), 1)
+    return float(a), float(c)
+
+
+def train_index_head(index: LabelIndex, config: TrainConfig = TrainConfig()) -> HeadInfo | None:
+    """Train on the example texts the index holds and save the head with it; None (nothing
+    saved) when fewer than two assignable labels have examples."""
+    started = time.perf_counter()
+    row_of: dict[str, int] = {}  # a text several labels share is one multi-label example
+    vectors: list[np.ndarray] = []
+    labels_of: list[list[str]] = []
+    by_label: dict[str, list[str]] = {}
+    for stored in index.iter_vectors(kind="example"):
+        label = index.labels.get(stored.label_id)
+        if label is None or not label.assignable:
+            continue
+        by_label.setdefault(stored.label_id, []).append(stored.text)
+        row = row_of.setdefault(stored.text, len(row_of))
+        if row == len(vectors):
+            vectors.append(stored.vector)
+            labels_of.append([])
+        labels_of[row].append(stored.label_id)
+    if len(by_label) < 2:
+        return None
+    number = {label_id: n for n, label_id in enumerate(sorted(by_label))}
+    numbered = [sorted({number[lid] for lid in labels}) for labels in labels_of]
+    fitted = fit_head(np.stack(vectors), numbered, len(number), config)
+    rows = {lid: HeadRow(fitted.weights[n], float(fitted.biases[n]),
+                         examples_digest(by_label[lid])) for lid, n in number.items()}
+    info = HeadInfo(trained_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                    embedder=index.embedder.name, dim=index.embedder.dim, mode=config.mode,
+                    scale=fitted.scale, labels=len(rows), examples=len(vectors),
+                    seconds=round(time.perf_counter() - started, 1), epochs=fitted.epochs)
+    index.save_head(info, rows)
+    return info
