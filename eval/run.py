@@ -11,12 +11,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from eval.cache import CachedRetriever
 from eval.datasets import Dataset
 from eval.metrics import evaluate, is_single_label
-from prompts.answer_cache import CachedSelector, Store
-from prompts.selector import LLMSelector
+from prompts.answer_cache import CACHE_DIR, Store
 from retrieval.taxonomy import taxonomy_of
+from service.adapters import CachedRetriever, cached_answers
 from service.engine import Engine
 from service.pipeline import ClassifyOptions, Mode, Pipeline
 from service.pricing import token_cost
@@ -33,7 +32,7 @@ class EvalConfig:
 
     mode: Mode = "retrieval"
     top_k: int | None = None
-    cache_dir: Path | None = Path(".labelrank-cache")
+    cache_dir: Path | None = CACHE_DIR
     out_dir: Path = Path("eval/runs")
     label: str = ""
     extra: dict = field(default_factory=dict)
@@ -42,13 +41,10 @@ class EvalConfig:
 def run_eval(engine: Engine, dataset: Dataset, config: EvalConfig) -> dict:
     """Classify every text with `classify_batch`, compute metrics, return the run record."""
     pipeline, settings = engine.pipeline, engine.settings
-    store = Store(config.cache_dir / "cache.sqlite") if config.cache_dir else None
+    store = Store.in_dir(config.cache_dir) if config.cache_dir else None
     if store:
-        selector = pipeline.selector
-        pipeline = pipeline.with_parts(
-            retriever=CachedRetriever(pipeline.retriever, store),
-            selector=CachedSelector(selector, store) if isinstance(selector, LLMSelector)
-            else selector)
+        pipeline = pipeline.with_parts(retriever=CachedRetriever(pipeline.retriever, store),
+                                       selector=cached_answers(pipeline.selector, store))
     options = ClassifyOptions(mode=config.mode, top_k=config.top_k)
     texts = [ex.text for ex in dataset.examples]
     outcomes = []

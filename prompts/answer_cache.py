@@ -8,11 +8,14 @@ import json
 import sqlite3
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from prompts.render import Option
 from prompts.selector import DIALECTS, LLMSelector, Selection, Usage
+
+# Where eval and batch labeling keep their caches unless told otherwise (`--no-cache`: none).
+CACHE_DIR = Path(".labelrank-cache")
 
 
 class Store:
@@ -25,6 +28,11 @@ class Store:
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+
+    @classmethod
+    def in_dir(cls, cache_dir: Path) -> Store:
+        """The store of a cache directory (eval's shortlists and answers, batch's answers)."""
+        return cls(cache_dir / "cache.sqlite")
 
     def get_many(self, keys: Sequence[str]) -> dict[str, str]:
         """Values of the keys that are present."""
@@ -72,8 +80,7 @@ class CachedSelector:
                         rendered.slots, max_labels)
         hit = self.store.get_many([key])
         if hit:
-            data = json.loads(hit[key])
-            selection = Selection(**{**data, "usage": Usage(**data["usage"]), "attempts": 0})
+            selection = _stored_selection(json.loads(hit[key]))
             with self._lock:
                 self.hits += 1
                 self.saved = self.saved + selection.usage
@@ -82,3 +89,13 @@ class CachedSelector:
         self.store.put_many({key: json.dumps({**asdict(selection),
                                               "usage": selection.usage.model_dump()})})
         return selection
+
+
+_SELECTION_FIELDS = frozenset(f.name for f in fields(Selection))
+
+
+def _stored_selection(data: dict) -> Selection:
+    """A cached answer as a Selection with no call made; keys an older release stored and
+    Selection no longer has (prompt_tokens_estimate, dropped_options) are ignored."""
+    kept = {k: v for k, v in data.items() if k in _SELECTION_FIELDS}
+    return Selection(**{**kept, "usage": Usage(**data["usage"]), "attempts": 0})

@@ -55,10 +55,11 @@ def slot_id(position: int) -> str:
     return f"C{position + 1:02d}"
 
 
-def render(template: PromptTemplate, text: str, options: Sequence[Option], max_labels: int,
-           max_text_tokens: int = 1500, max_prompt_tokens: int = 6000,
+def render(template: PromptTemplate, text: str, options: Sequence[Option], max_labels: int, *,
+           max_text_tokens: int, max_prompt_tokens: int,
            description_chars: int = 200) -> RenderedPrompt:
-    """Fill the template; to fit the budget, trim evidence, then descriptions, then candidates."""
+    """Fill the template; to fit the budget, trim evidence, then descriptions, then candidates.
+    The budgets are Settings' `max_text_tokens` and `max_prompt_tokens`."""
     text, truncated = _truncate(text, max_text_tokens)
     options = [replace(o, description=_clip(o.description, description_chars)) for o in options]
     total = len(options)

@@ -66,24 +66,28 @@ class Selection:
     attempts: int
     latency_s: float
     dropped_ids: list[str] = field(default_factory=list)
-    prompt_tokens_estimate: int = 0
-    dropped_options: int = 0
+
+    @classmethod
+    def empty(cls) -> Selection:
+        """No labels, no call made: nothing to choose from, or nothing sent."""
+        return cls([], Usage(), 0, 0.0)
 
 
 @dataclass(frozen=True)
 class LLMConfig:
-    """Endpoint, model and policy for the selector."""
+    """Endpoint, model and policy for the selector; every value comes from Settings (through
+    service/factory.py), so none is defaulted here."""
 
     model: str
-    response_format: ResponseFormat = "auto"
-    temperature: float = 0.0
-    max_answer_tokens: int | None = None
-    max_attempts: int = 4
-    max_wait_s: float = 20.0
-    max_total_s: float = 60.0
-    max_text_tokens: int = 1500
-    max_prompt_tokens: int = 6000
-    schema_slots: int = 50
+    response_format: ResponseFormat
+    temperature: float
+    max_answer_tokens: int | None
+    max_attempts: int
+    max_wait_s: float
+    max_total_s: float
+    max_text_tokens: int
+    max_prompt_tokens: int
+    schema_slots: int
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -183,7 +187,7 @@ class LLMSelector:
         """Ask the LLM which options apply; raises LLMError when no usable answer comes back."""
         rendered = self.prompt(text, options, max_labels)
         if not rendered.slots:
-            return Selection([], Usage(), 0, 0.0)
+            return Selection.empty()
         if self.breaker is None:
             return self._select_any_dialect(rendered, max_labels)
         if not self.breaker.allow():
@@ -265,9 +269,7 @@ class LLMSelector:
             raise LLMError(f"LLM answer unusable: {exc}", reason="invalid_answer",
                            attempts=attempts) from exc
         return Selection(parsed.label_ids, usage, attempts, latency,
-                         dropped_ids=parsed.unknown + parsed.over_limit,
-                         prompt_tokens_estimate=rendered.tokens,
-                         dropped_options=rendered.dropped_options)
+                         dropped_ids=parsed.unknown + parsed.over_limit)
 
     def _wait(self, state: RetryCallState) -> float:
         asked = retry_after_s(state.outcome.exception() if state.outcome else None)

@@ -79,6 +79,7 @@ class Settings(BaseSettings):
     llm_timeout_s: float = Field(30.0, gt=0)
     llm_max_attempts: int = Field(4, ge=1)
     llm_max_wait_s: float = Field(20.0, ge=0)
+    llm_max_total_s: float = Field(60.0, gt=0)  # every attempt and wait of one text together
     llm_concurrency: int = Field(8, ge=1)
     llm_breaker_failures: int = Field(5, ge=0)
     llm_breaker_reset_s: float = Field(30.0, gt=0)

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from prompts.answer_cache import CachedSelector, Store
-from prompts.selector import LLMSelector
+from prompts.answer_cache import Store
 from retrieval.iterables import chunks
+from service.adapters import cached_answers
 from service.batch.io import (
     InputFormat,
     InputRecord,
@@ -57,9 +57,8 @@ def run_batch(engine: Engine, source: str, output: Path, options: BatchOptions =
     fmt = resolve_format(source, options.input_format)
     config = run_config(engine, mode, "online", options.text_field, options.id_field)
     stats = Stats(total=count_records(source, fmt))
-    answers = (CachedSelector(pipeline.selector, Store(options.cache_dir / "cache.sqlite"))
-               if mode == "llm" and options.cache_dir and isinstance(pipeline.selector,
-                                                                    LLMSelector) else None)
+    answers = (cached_answers(pipeline.selector, Store.in_dir(options.cache_dir))
+               if mode == "llm" and options.cache_dir else None)
     pipeline = pipeline.with_parts(selector=answers) if answers else pipeline
 
     def seen(record: dict) -> None:

@@ -16,7 +16,8 @@ from service.settings import Settings
 # recorded and checked, so a knob added later is guarded without anyone remembering to list it.
 OPERATIONAL = frozenset({
     "db", "chroma_host", "chroma_port", "collection", "embed_batch_size", "embed_threads",
-    "llm_api_key", "llm_timeout_s", "llm_max_attempts", "llm_max_wait_s", "llm_concurrency",
+    "llm_api_key", "llm_timeout_s", "llm_max_attempts", "llm_max_wait_s", "llm_max_total_s",
+    "llm_concurrency",
     "llm_prices", "api_key", "api_write_key", "max_body_bytes", "max_batch_items",
     "microbatch_size", "microbatch_wait_ms", "index_refresh_s", "feedback_log"})
 LLM_ONLY = frozenset({"prompt", "max_text_tokens", "max_prompt_tokens"})
