@@ -31,13 +31,14 @@ def eval_command(
     """Score the pipeline on a gold set; print metrics and save a run file."""
     from eval.datasets import load_dataset
     from eval.run import EvalConfig, run_eval, save_run
+    from prompts.answer_cache import CACHE_DIR
     from service.engine import open_engine
 
     if mode not in ("llm", "retrieval"):
         raise typer.BadParameter("--mode must be llm or retrieval")
     engine = open_engine(settings_from(db, prompt=prompt))
     config = EvalConfig(mode=parse_mode(mode), top_k=top_k, out_dir=out, label=label,
-                        cache_dir=None if no_cache else Path(".labelrank-cache"))
+                        cache_dir=None if no_cache else CACHE_DIR)
     run = run_eval(engine, load_dataset(dataset, limit, half, sample), config)
     path = save_run(run, out)
     typer.echo(format_metrics(run))
