@@ -77,9 +77,11 @@ def index_embedder(settings: Settings, stored: object) -> str:
     return settings.embedder
 
 
-def build_index(settings: Settings, embedder: Embedder | None = None) -> LabelIndex:
-    """The label index on the embedded directory, or on a Chroma server when a host is set."""
-    client = chroma_client(settings.db, settings.chroma_host, settings.chroma_port)
+def build_index(settings: Settings, embedder: Embedder | None = None,
+                client: Any = None) -> LabelIndex:
+    """The label index on the embedded directory, or on a Chroma server when a host is set
+    (`client`: an open Chroma client to reuse)."""
+    client = client or chroma_client(settings.db, settings.chroma_host, settings.chroma_port)
     hnsw = {"ef_construction": settings.hnsw_ef_construction,
             "ef_search": settings.hnsw_ef_search, "max_neighbors": settings.hnsw_max_neighbors}
     # An explicit LABELRANK_PROTOTYPES turns prototypes on or off; unset, the index keeps its own.

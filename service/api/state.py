@@ -16,7 +16,7 @@ from service.api.microbatch import MicroBatcher
 from service.api.models import NotReadyError
 from service.api.prometheus import Metrics
 from service.engine import Engine, open_engine
-from service.factory import build_embedder
+from service.factory import build_embedder, build_index
 from service.labels import LiveLabels
 from service.locking import hold_directory
 from service.maintenance import Maintenance
@@ -133,7 +133,7 @@ class ServiceState:
         if self._client is None:
             self._client = chroma_client(self.settings.db, self.settings.chroma_host,
                                          self.settings.chroma_port)
-        return LabelIndex(self._client, self._embedder, name=self.settings.collection)
+        return build_index(self.settings, self._embedder, self._client)
 
     def _install(self, index: LabelIndex) -> None:
         engine = open_engine(self.settings, index=index)
