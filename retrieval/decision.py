@@ -14,9 +14,9 @@ class Threshold:
     with `per_branch`, the top score of its own taxonomy branch, so that a label from an
     unrelated branch is not judged against another branch's winner."""
 
-    min_similarity: float = 0.4
-    relative: float = 0.5
-    max_labels: int = 3
+    min_similarity: float
+    relative: float
+    max_labels: int  # no defaults here: Settings holds them (threshold, relative_threshold, ...)
     per_branch: bool = False
 
 

@@ -184,7 +184,7 @@ def test_calibrate_on_a_real_index_refuses_test_splits(tmp_path: Path, mini_inde
 
 
 def test_branch_mode_must_beat_flat_by_more_than_noise() -> None:
-    flat = Calibration(Aggregation(), Threshold(), "accuracy", 0.900, 0.95)
+    flat = Calibration(Aggregation(), Threshold(0.4, 0.5, 3), "accuracy", 0.900, 0.95)
 
     def branch(value: float, recall: float) -> Calibration:
         return replace(flat, value=value, candidate_recall=recall,

@@ -155,7 +155,7 @@ def text_weights(out_of_scope: np.ndarray, none_share: float) -> np.ndarray:
 def best_threshold(shortlists: ShortlistMatrix, metric: str, max_labels_grid: Sequence[int],
                    per_branch: Sequence[bool] = (False,)) -> tuple[Threshold, float]:
     """The threshold rule that scores best on these shortlists (ties: the first found)."""
-    best, best_value = Threshold(), -1.0
+    best, best_value = Threshold(SIMILARITIES[0], 0.0, 1), -1.0
     grid = np.array(SIMILARITIES)
     for max_labels in max_labels_grid:
         scopes = per_branch if max_labels > 1 else (False,)
