@@ -183,49 +183,67 @@ def evaluate(
     golds = [set(_check_labels(g)) for g in gold]
     preds = [_dedupe(p) for p in predicted]
     pred_sets = [set(p) for p in preds]
-    n_none = sum(1 for g in golds if not g)
-    out: dict[str, float] = {"n": n, "n_none": n_none}
+    out: dict[str, float] = {"n": n, "n_none": sum(1 for g in golds if not g)}
+    out.update(_ranking_metrics(golds, ranked, ks, candidate_k))
+    out.update(_set_metrics(gold, preds, golds, pred_sets))
+    out.update(_none_metrics(golds, pred_sets, in_scope_score))
+    if branches is not None:
+        out.update(cross_branch(golds, pred_sets, branches))
+    if is_single_label(gold):
+        out.update(_accuracy(golds, preds))
+    return out
 
-    # Ranking metrics only make sense where there is something to find.
+
+def _ranking_metrics(golds: Sequence[set[str]], ranked: Sequence[Labels], ks: Sequence[int],
+                     candidate_k: int | None) -> dict[str, float]:
+    """Candidate recall, R@k, RP@k and P@k over the texts that have something to find."""
     scoped = [(g, _hits_by_rank(g, r)) for g, r in zip(golds, ranked, strict=True) if g]
     cand_k = candidate_k if candidate_k is not None else max((len(r) for r in ranked), default=0)
-    out[f"candidate_recall@{cand_k}"] = _mean(_hits_at(c, cand_k) / len(g) for g, c in scoped)
+    out = {f"candidate_recall@{cand_k}": _mean(_hits_at(c, cand_k) / len(g) for g, c in scoped)}
     for k in ks:
         out[f"R@{k}"] = _mean(_hits_at(c, k) / len(g) for g, c in scoped)
         out[f"RP@{k}"] = _mean(_hits_at(c, k) / min(k, len(g)) for g, c in scoped)
         out[f"P@{k}"] = _mean(_hits_at(c, k) / k for g, c in scoped)
+    return out
 
+
+def _set_metrics(gold: Sequence[Labels], preds: Sequence[Labels], golds: Sequence[set[str]],
+                 pred_sets: Sequence[set[str]]) -> dict[str, float]:
+    """Precision, recall and F1 of the chosen sets: micro, macro, per sample; Jaccard, exact."""
     tp, fp, fn = _label_counts(gold, preds)
     n_tp, n_fp, n_fn = sum(tp.values()), sum(fp.values()), sum(fn.values())
-    out["precision_micro"] = _ratio(n_tp, n_tp + n_fp)
-    out["recall_micro"] = _ratio(n_tp, n_tp + n_fn)
+    out = {"precision_micro": _ratio(n_tp, n_tp + n_fp), "recall_micro": _ratio(n_tp, n_tp + n_fn)}
     out["f1_micro"] = _f1(out["precision_micro"], out["recall_micro"])
-
     labels = _label_stats(tp, fp, fn).values()
     for name in ("precision", "recall", "f1"):
         out[f"{name}_macro"] = _mean(stats[name] for stats in labels)
-
     samples = [_sample_scores(g, p) for g, p in zip(golds, pred_sets, strict=True)]
     for i, name in enumerate(("precision_samples", "recall_samples", "f1_samples", "jaccard")):
         out[name] = _mean(s[i] for s in samples)
     out["exact_match"] = _mean(float(g == p) for g, p in zip(golds, pred_sets, strict=True))
+    return out
 
+
+def _none_metrics(golds: Sequence[set[str]], pred_sets: Sequence[set[str]],
+                  in_scope_score: Sequence[float] | None) -> dict[str, float]:
+    """How well "none of the labels" is answered, when gold or predictions hold such texts."""
+    n, n_none = len(golds), sum(1 for g in golds if not g)
     n_pred_none = sum(1 for p in pred_sets if not p)
+    out: dict[str, float] = {}
     if n_none or n_pred_none:
         both_none = sum(1 for g, p in zip(golds, pred_sets, strict=True) if not g and not p)
         out["n_pred_none"] = n_pred_none
         out["none_precision"] = _ratio(both_none, n_pred_none)
         out["none_recall"] = _ratio(both_none, n_none)
     if in_scope_score is not None and 0 < n_none < n:
-        _check_lengths(gold=gold, in_scope_score=in_scope_score)
+        _check_lengths(gold=golds, in_scope_score=in_scope_score)
         out["none_auroc"] = auroc([s for s, g in zip(in_scope_score, golds, strict=True) if g],
                                   [s for s, g in zip(in_scope_score, golds, strict=True) if not g])
-
-    if branches is not None:
-        out.update(cross_branch(golds, pred_sets, branches))
-
-    if is_single_label(gold):
-        correct = [(bool(g), set(p[:1]) == g) for g, p in zip(golds, preds, strict=True)]
-        out["accuracy"] = _mean(float(ok) for _, ok in correct)
-        out["in_scope_accuracy"] = _mean(float(ok) for in_scope, ok in correct if in_scope)
     return out
+
+
+def _accuracy(golds: Sequence[set[str]], preds: Sequence[Labels]) -> dict[str, float]:
+    """Single-label accuracy (the top prediction), overall and on in-scope texts."""
+    correct = [(bool(g), set(p[:1]) == g) for g, p in zip(golds, preds, strict=True)]
+    return {"accuracy": _mean(float(ok) for _, ok in correct),
+            "in_scope_accuracy": _mean(float(ok) for in_scope, ok in correct if in_scope)}

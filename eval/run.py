@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from tqdm import tqdm
 
-from eval.datasets import Dataset
+from eval.datasets import Dataset, Example
 from eval.metrics import evaluate, is_single_label
 from prompts.answer_cache import CACHE_DIR, Store
 from retrieval.taxonomy import taxonomy_of
@@ -19,7 +20,7 @@ from service.adapters import CachedRetriever, cached_answers
 from service.engine import Engine
 from service.pipeline import ClassifyOptions, Mode, Pipeline
 from service.pricing import token_cost
-from service.results import ClassifyResult
+from service.results import ClassifyResult, Outcome
 from service.settings import Settings
 
 KS = (1, 3, 5, 10)
@@ -78,43 +79,62 @@ def load_run(path: str | Path) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def _record(settings: Settings, dataset: Dataset, config: EvalConfig, pipeline: Pipeline,
-            outcomes: list, wall_s: float, store: Store | None) -> dict:
-    gold = [list(ex.labels) for ex in dataset.examples]
-    predicted, ranked, rows, latencies = [], [], [], []
-    in_scope_score: list[float] = []  # the best candidate's similarity: evidence of scope
-    usage = {"prompt_tokens": 0, "completion_tokens": 0, "llm_calls": 0, "cached_llm": 0}
-    degraded = errors = 0
-    for ex, outcome in zip(dataset.examples, outcomes, strict=True):
+@dataclass
+class _Tally:
+    """What the outcomes say, text by text and summed: rows, label lists, usage, failures."""
+
+    rows: list[dict] = field(default_factory=list)
+    predicted: list[list[str]] = field(default_factory=list)
+    ranked: list[list[str]] = field(default_factory=list)
+    in_scope_score: list[float] = field(default_factory=list)  # best candidate's similarity
+    latencies: list[float] = field(default_factory=list)
+    usage: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("prompt_tokens", "completion_tokens", "llm_calls", "cached_llm"), 0))
+    degraded: int = 0
+    errors: int = 0
+
+
+def _tally(examples: Sequence[Example], outcomes: Sequence[Outcome]) -> _Tally:
+    """Each outcome as a run file row, with the label lists the metrics need."""
+    tally = _Tally()
+    for ex, outcome in zip(examples, outcomes, strict=True):
         row: dict = {"id": ex.id, "text": ex.text, "gold": list(ex.labels)}
         if isinstance(outcome, ClassifyResult):
             labels = [lab.id for lab in outcome.labels]
             cands = [c.id for c in outcome.candidates]
-            in_scope_score.append(max((c.similarity or 0.0 for c in outcome.candidates),
-                                      default=-1.0))
+            tally.in_scope_score.append(max((c.similarity or 0.0 for c in outcome.candidates),
+                                            default=-1.0))
             row.update(labels=labels, mode=outcome.mode, degraded=outcome.degraded,
                        reason=outcome.reason,
                        candidates=[[c.id, round(c.score, 4), round(c.similarity or 0, 4)]
                                    for c in outcome.candidates])
-            usage["prompt_tokens"] += outcome.usage.prompt_tokens
-            usage["completion_tokens"] += outcome.usage.completion_tokens
-            usage["llm_calls"] += outcome.llm_attempts
-            usage["cached_llm"] += outcome.mode == "llm" and outcome.llm_attempts == 0
-            degraded += outcome.degraded
-            latencies.append(outcome.latency_ms)
+            tally.usage["prompt_tokens"] += outcome.usage.prompt_tokens
+            tally.usage["completion_tokens"] += outcome.usage.completion_tokens
+            tally.usage["llm_calls"] += outcome.llm_attempts
+            tally.usage["cached_llm"] += outcome.mode == "llm" and outcome.llm_attempts == 0
+            tally.degraded += outcome.degraded
+            tally.latencies.append(outcome.latency_ms)
         else:
             labels, cands = [], []
-            in_scope_score.append(-1.0)
+            tally.in_scope_score.append(-1.0)
             row["error"] = outcome.error
-            errors += 1
-        predicted.append(labels)
-        ranked.append(cands)
-        rows.append(row)
+            tally.errors += 1
+        tally.predicted.append(labels)
+        tally.ranked.append(cands)
+        tally.rows.append(row)
+    return tally
+
+
+def _record(settings: Settings, dataset: Dataset, config: EvalConfig, pipeline: Pipeline,
+            outcomes: list[Outcome], wall_s: float, store: Store | None) -> dict:
+    """The run file: what ran, on what, with which settings, its metrics and every row."""
+    tally = _tally(dataset.examples, outcomes)
+    gold = [list(ex.labels) for ex in dataset.examples]
     top_k = config.top_k or settings.top_k
     taxonomy = taxonomy_of(pipeline.index.labels)
     branches = {label: taxonomy.branch(label, 0) for g in gold for label in g}
-    metrics = evaluate(gold, predicted, ranked, ks=KS, candidate_k=top_k, branches=branches,
-                       in_scope_score=in_scope_score)
+    metrics = evaluate(gold, tally.predicted, tally.ranked, ks=KS, candidate_k=top_k,
+                       branches=branches, in_scope_score=tally.in_scope_score)
     selector = pipeline.selector
     template = getattr(getattr(selector, "inner", selector), "template", None)
     return {
@@ -130,14 +150,20 @@ def _record(settings: Settings, dataset: Dataset, config: EvalConfig, pipeline: 
         "prompt": {"task": template.task, "version": template.version,
                    "sha256": template.sha256} if template else None,
         "metrics": metrics,
-        "totals": {**usage, "cost_usd": token_cost(usage["prompt_tokens"],
-                                                   usage["completion_tokens"],
-                                                   settings.llm_model, settings.llm_prices),
-                   "degraded": degraded, "errors": errors, "wall_s": round(wall_s, 2),
-                   "texts_per_s": round(len(rows) / wall_s, 1) if wall_s else None,
-                   "latency_ms_p50": round(statistics.median(latencies), 2) if latencies else None,
-                   "cache_hits": store.hits if store else 0,
-                   "cache_misses": store.misses if store else 0},
+        "totals": _totals(tally, settings, wall_s, store),
         "extra": config.extra,
-        "predictions": rows,
+        "predictions": tally.rows,
     }
+
+
+def _totals(tally: _Tally, settings: Settings, wall_s: float, store: Store | None) -> dict:
+    """Tokens, cost, failures, speed and cache use over the whole run."""
+    usage = tally.usage
+    return {**usage, "cost_usd": token_cost(usage["prompt_tokens"], usage["completion_tokens"],
+                                            settings.llm_model, settings.llm_prices),
+            "degraded": tally.degraded, "errors": tally.errors, "wall_s": round(wall_s, 2),
+            "texts_per_s": round(len(tally.rows) / wall_s, 1) if wall_s else None,
+            "latency_ms_p50": (round(statistics.median(tally.latencies), 2) if tally.latencies
+                               else None),
+            "cache_hits": store.hits if store else 0,
+            "cache_misses": store.misses if store else 0}

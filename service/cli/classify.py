@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from service.cli.common import DbOpt, MaxLabelsOpt, ModeOpt, TopKOpt, parse_mode, settings_from
+from service.settings import Settings
 
 DEMO_DIR = Path(__file__).parent.parent / "demo_data"
 
@@ -53,7 +54,8 @@ def demo(
     from service.pipeline import ClassifyOptions
     from service.results import ClassifyResult
 
-    settings = settings_from(db or Path("labelrank-data/demo"))
+    # Beside the default index, whatever LABELRANK_DB says: the demo never touches a real one.
+    settings = settings_from(db or Settings.model_fields["db"].default / "demo")
     report, seconds = build_or_update(settings, DEMO_DIR / "catalog.jsonl", [])
     typer.echo(f"demo index: {report.vectors_total} vectors for "
                f"{report.labels_added + report.labels_updated + report.labels_unchanged} labels"
