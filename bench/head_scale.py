@@ -1,0 +1,86 @@
+"""Training time and peak memory of the learned head at 1,000, 3,000 and 30,000 labels.
+
+A synthetic catalog stands in for the examples' embeddings: each label a random unit centre,
+its examples that centre plus noise (unit vectors, 384 dims as MiniLM), some labels near each
+other so that hard negatives are hard. Each size runs in a fresh process, so that its peak
+resident memory is its own; "training peak" is that peak above the process holding the data.
+Reading the examples out of Chroma (`train_index_head`) is not part of the figure.
+
+    python bench/head_scale.py --labels 1000 3000 30000 --examples 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import resource
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from retrieval.head_train import TrainConfig, fit_head
+
+DIM = 384
+
+
+def catalog(labels: int, examples: int, seed: int = 0) -> tuple[np.ndarray, list[list[int]]]:
+    """Unit example vectors and their label sets: label clusters, every tenth label a near twin
+    of the one before it."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(labels, DIM)).astype(np.float32)
+    centres[1::10] = centres[::10][: len(centres[1::10])] + 0.5 * centres[1::10]
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    owner = np.repeat(np.arange(labels), examples)
+    vectors = centres[owner] + rng.normal(scale=0.06, size=(len(owner), DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors, [[int(label)] for label in owner]
+
+
+def _peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def measure(labels: int, examples: int, config: TrainConfig) -> dict[str, float]:
+    """One size, in this process: seconds, epochs done, peak memory with and without training."""
+    vectors, label_sets = catalog(labels, examples)
+    import torch  # loaded before the baseline, as it is in a serving process
+
+    torch.set_num_threads(torch.get_num_threads())
+    data_peak = _peak_mb()
+    started = time.perf_counter()
+    fitted = fit_head(vectors, label_sets, labels, config)
+    seconds = time.perf_counter() - started
+    logits = vectors[::examples] @ fitted.weights.T + fitted.biases  # each label's first example
+    right = float(np.mean(np.argmax(logits, axis=1) == np.arange(labels)))
+    return {"labels": labels, "examples": len(vectors), "seconds": round(seconds, 1),
+            "epochs": fitted.epochs, "peak_mb": round(_peak_mb()), "data_mb": round(data_peak),
+            "training_peak_mb": round(_peak_mb() - data_peak), "train_top1": round(right, 4)}
+
+
+def _child(labels: int, examples: int, config: TrainConfig, out) -> None:
+    out.put(measure(labels, examples, config))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--labels", type=int, nargs="+", default=[1000, 3000, 30000])
+    parser.add_argument("--examples", type=int, default=20, help="per label")
+    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    parser.add_argument("--max-seconds", type=float, default=TrainConfig.max_seconds)
+    parser.add_argument("--mode", choices=["ovr", "softmax"], default=TrainConfig.mode)
+    args = parser.parse_args()
+    config = replace(TrainConfig(), epochs=args.epochs, max_seconds=args.max_seconds,
+                     mode=args.mode)
+    context = multiprocessing.get_context("spawn")
+    for labels in args.labels:
+        queue = context.Queue()
+        process = context.Process(target=_child, args=(labels, args.examples, config, queue))
+        process.start()
+        print(json.dumps(queue.get()), flush=True)
+        process.join()
+
+
+if __name__ == "__main__":
+    main()
