@@ -61,36 +61,16 @@ def fit_head(vectors: np.ndarray, label_sets: Sequence[Sequence[int]], n_labels:
     positives = _padded(label_sets)
     prototypes = _prototypes(x, positives, n_labels)
     hard = _hard_negatives(x, positives, prototypes, config)
-    randoms = min(config.random_negatives, max(0, n_labels - 1))
     params = _LazyAdam(prototypes * config.init_scale,
                        _initial_bias(x, positives, hard, prototypes, config), config)
-    xt, post, hardt = torch.from_numpy(x), torch.from_numpy(positives), torch.from_numpy(hard)
-    epochs, threads = 0, torch.get_num_threads()
+    threads = torch.get_num_threads()
     # Batches are small products: a second thread only waits on the first, and on a loaded
     # 2-core machine it cost 3x (1,000 labels, one epoch: 17 s on 1 thread, 48 s on 2).
     torch.set_num_threads(1)
-    while epochs < config.epochs and time.perf_counter() - started < config.max_seconds:
-        for batch in np.array_split(rng.permutation(len(x)),
-                                    max(1, len(x) // config.batch_size)):
-            rows = torch.from_numpy(batch)
-            random = torch.from_numpy(rng.integers(0, n_labels, (len(batch), randoms)))
-            pos = post[rows]
-            candidates = torch.cat([pos.clamp(min=0), hardt[rows], random], dim=1)
-            valid = torch.cat([pos >= 0, torch.ones_like(candidates[:, pos.shape[1]:],
-                                                        dtype=torch.bool)], dim=1)
-            target = (candidates[:, :, None] == pos[:, None, :]).any(-1) & valid
-            touched, where = torch.unique(candidates, return_inverse=True)
-            w, b = params.rows(touched)
-            logits = torch.einsum("nd,nkd->nk", xt[rows], w[where]) + b[where]
-            loss = _loss(logits, target, valid, config.mode)
-            # L2 on the rows this batch touched, as often as they appear in it.
-            loss = loss + config.l2 * (w[where] ** 2).sum() / len(batch)
-            loss.backward()
-            params.step(touched, w, b)
-            if time.perf_counter() - started > config.max_seconds:
-                break
-        epochs += 1
-    torch.set_num_threads(threads)
+    try:
+        epochs = _epochs(params, x, positives, hard, n_labels, rng, config, started)
+    finally:
+        torch.set_num_threads(threads)
     weights, biases = params.weights.numpy(), params.biases.numpy()
     scale = _similarity_map(x, positives, hard, weights, biases, rng)
     return Fitted(weights, biases, scale, epochs, time.perf_counter() - started)
@@ -98,8 +78,8 @@ def fit_head(vectors: np.ndarray, label_sets: Sequence[Sequence[int]], n_labels:
 
 class _LazyAdam:
     """Adam on the rows a batch touched only (as TensorFlow's LazyAdam): a dense step over
-    30,000 x 384 weights per batch would cost more than the batch; torch's SparseAdam spent
-    most of a step coalescing sparse gradients (measured: 2/3 of training time at 1,000 labels)."""
+    30,000 x 384 weights per batch would cost more than the batch; torch's SparseAdam with
+    sparse embeddings spent 17 of 61 s of a 1,000-label epoch in its sparse-tensor ops."""
 
     def __init__(self, weights: np.ndarray, bias: float, config: TrainConfig) -> None:
         import torch
@@ -129,6 +109,39 @@ class _LazyAdam:
                 v_rows = v[touched].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 m[touched], v[touched] = m_rows, v_rows
                 value[touched] -= self.lr * correction * m_rows / (v_rows.sqrt() + eps)
+
+
+def _epochs(params: _LazyAdam, x: np.ndarray, positives: np.ndarray, hard: np.ndarray,
+            n_labels: int, rng: np.random.Generator, config: TrainConfig,
+            started: float) -> int:
+    """Train until `config.epochs` passes or `config.max_seconds`; returns the passes begun."""
+    import torch
+
+    randoms = min(config.random_negatives, max(0, n_labels - 1))
+    xt, post, hardt = torch.from_numpy(x), torch.from_numpy(positives), torch.from_numpy(hard)
+    epochs = 0
+    while epochs < config.epochs and time.perf_counter() - started < config.max_seconds:
+        for batch in np.array_split(rng.permutation(len(x)),
+                                    max(1, len(x) // config.batch_size)):
+            rows = torch.from_numpy(batch)
+            random = torch.from_numpy(rng.integers(0, n_labels, (len(batch), randoms)))
+            pos = post[rows]
+            candidates = torch.cat([pos.clamp(min=0), hardt[rows], random], dim=1)
+            valid = torch.cat([pos >= 0, torch.ones_like(candidates[:, pos.shape[1]:],
+                                                        dtype=torch.bool)], dim=1)
+            target = (candidates[:, :, None] == pos[:, None, :]).any(-1) & valid
+            touched, where = torch.unique(candidates, return_inverse=True)
+            w, b = params.rows(touched)
+            logits = torch.einsum("nd,nkd->nk", xt[rows], w[where]) + b[where]
+            loss = _loss(logits, target, valid, config.mode)
+            # L2 on the rows this batch touched, as often as they appear in it.
+            loss = loss + config.l2 * (w[where] ** 2).sum() / len(batch)
+            loss.backward()
+            params.step(touched, w, b)
+            if time.perf_counter() - started > config.max_seconds:
+                break
+        epochs += 1
+    return epochs
 
 
 def _loss(logits, target, valid, mode: Mode):

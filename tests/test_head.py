@@ -223,3 +223,15 @@ def test_info_says_the_head_is_on(tmp_path: Path) -> None:
     head = json.loads(shown.stdout)["head"]
     assert head["on"] and head["trained_labels"] == 6 and head["embedder"] == "all-MiniLM-L6-v2"
     assert head["untrained"] == {"new": 0, "stale": 0, "no_examples": 0}
+
+
+def test_a_chroma_server_keeps_the_head(chroma_server: tuple[str, int],
+                                        embedder: Embedder) -> None:
+    host, port = chroma_server
+    index = LabelIndex(chroma_client(host=host, port=port), embedder)
+    index.sync(banking())
+    assert train_head(make_settings(Path("unused"), chroma_host=host, chroma_port=port),
+                      index).startswith("head: trained")
+    reopened = LabelIndex(chroma_client(host=host, port=port), embedder)
+    assert status(reopened) == (6, 0, 0, 0)
+    assert top(reopened, ["atm said no"]) == top(index, ["atm said no"])
