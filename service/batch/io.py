@@ -16,6 +16,9 @@ from retrieval.rows import MissingColumnError, read_rows
 
 InputFormat = Literal["auto", "jsonl", "csv"]
 STDIN = "-"
+_SNIFF = 1 << 16
+_BINARY = {b"PAR1": "a Parquet file", b"\x1f\x8b": "gzip data", b"PK\x03\x04": "a zip archive",
+           b"\xfd7zXZ": "xz data", b"\x28\xb5\x2f\xfd": "zstd data", b"ARROW1": "an Arrow file"}
 
 
 class InvalidInputError(LabelrankError):
@@ -25,6 +28,11 @@ class InvalidInputError(LabelrankError):
 
 class DuplicateIdError(InvalidInputError):
     code = "duplicate_id"
+
+
+class UnsupportedFormatError(InvalidInputError):
+    code = "unsupported_format"
+    status = 415
 
 
 class CorruptOutputError(LabelrankError):
@@ -65,10 +73,29 @@ def output_key(record: dict) -> str:
 
 
 def resolve_format(source: str, fmt: InputFormat) -> Literal["jsonl", "csv"]:
-    """CSV by the `.csv` suffix, JSONL otherwise (stdin included), unless given."""
-    if fmt != "auto":
-        return fmt
-    return "csv" if source != STDIN and source.lower().endswith(".csv") else "jsonl"
+    """CSV by the `.csv` suffix, JSONL otherwise (stdin included), unless given; a file that
+    is not text at all (Parquet, a compressed file) is refused before anything is written."""
+    if fmt == "auto":
+        fmt = "csv" if source != STDIN and source.lower().endswith(".csv") else "jsonl"
+    if source != STDIN:
+        check_text(Path(source), fmt)
+    return fmt
+
+
+def check_text(path: Path, fmt: str) -> None:
+    """UnsupportedFormatError when the file starts as a binary format does: read as lines, it
+    would give one `invalid_input` record per run of bytes instead of one error."""
+    if not path.is_file():
+        return  # opening it says so
+    with path.open("rb") as handle:
+        head = handle.read(_SNIFF)
+    kind = next((name for magic, name in _BINARY.items() if head.startswith(magic)), None)
+    if kind is None and b"\x00" in head:  # never in UTF-8 JSON or CSV text
+        kind = "binary data"
+    if kind:
+        raise UnsupportedFormatError(
+            f"{path} is {kind}, not {fmt.upper()} text: batch reads JSONL or CSV files; "
+            "convert it first", path=str(path), format=kind)
 
 
 @contextlib.contextmanager

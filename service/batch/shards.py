@@ -10,7 +10,13 @@ from itertools import islice
 from pathlib import Path
 from typing import Literal
 
-from service.batch.io import InputFormat, InputRecord, InvalidInputError, read_records
+from service.batch.io import (
+    InputFormat,
+    InputRecord,
+    InvalidInputError,
+    read_records,
+    resolve_format,
+)
 
 SUFFIXES = (".jsonl", ".ndjson", ".csv")
 
@@ -59,7 +65,7 @@ def plan_shards(source: Path, fmt: InputFormat, shard_size: int) -> list[Shard]:
     shards: list[Shard] = []
     for path in input_files(source):
         name = str(path.relative_to(source)) if source.is_dir() else None
-        kind = fmt if fmt != "auto" else ("csv" if path.suffix.lower() == ".csv" else "jsonl")
+        kind = resolve_format(str(path), fmt)
         if kind == "csv":
             shards.append(Shard(len(shards), str(path), kind, name))
             continue
