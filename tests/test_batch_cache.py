@@ -83,3 +83,22 @@ def test_a_new_run_finds_answers_stored_after_the_dialect_was_learnt(
         assert all(not o.degraded and o.mode == "llm" for o in outcomes)
         assert cached.hits == (0 if run == 0 else 3)
     assert fake_llm.request_count == 1 + 3  # one refusal, three answers, nothing on rerun
+
+
+def test_answers_stored_by_an_older_release_still_load(
+        tmp_path: Path, mini_index: LabelIndex, fake_llm: FakeOpenAI) -> None:
+    # Selection once carried prompt_tokens_estimate and dropped_options; entries stored then
+    # keep those keys and must still be cache hits, not a crash on load.
+    fake_llm.default = first_candidate
+    store = Store.in_dir(tmp_path / "cache")
+    pipeline = build_pipeline(llm_settings(tmp_path, fake_llm), index=mini_index)
+    first = CachedSelector(pipeline.selector, store)
+    pipeline.with_parts(selector=first).classify_batch(TEXTS[:2], ClassifyOptions(mode="llm"))
+    rows = store._db.execute("SELECT key, value FROM kv").fetchall()
+    store.put_many({key: json.dumps({**json.loads(value), "prompt_tokens_estimate": 321,
+                                     "dropped_options": 0}) for key, value in rows})
+    again = CachedSelector(pipeline.selector, store)
+    outcomes = pipeline.with_parts(selector=again).classify_batch(TEXTS[:2],
+                                                                  ClassifyOptions(mode="llm"))
+    assert again.hits == 2 and fake_llm.request_count == 2
+    assert all(not o.degraded and o.labels for o in outcomes)
