@@ -27,6 +27,8 @@ from service.engine import open_engine
 from tests.conftest import MINI_CATALOG, make_settings
 from tests.fake_openai import FakeOpenAI, Reply
 from tests.test_batch_shards import TOPICS, lines_with_faults, read
+from tests.test_determinism import HashEmbedder
+from tests.test_determinism import catalog as determinism_catalog
 
 pytestmark = pytest.mark.slow
 ray = pytest.importorskip("ray", reason="Ray is the `ray` extra: pip install -e '.[ray]'")
@@ -100,6 +102,25 @@ def test_same_records_as_the_local_engine(tmp_path: Path, db: Path) -> None:
     assert merge_parts(tmp_path / "out", tmp_path / "merged.jsonl") == 1
     run_batch(engine, str(source), tmp_path / "local.jsonl", BatchOptions(mode="retrieval"),
               tty=False)
+    assert read(tmp_path / "merged.jsonl") == read(tmp_path / "local.jsonl")
+
+
+def test_same_labels_and_scores_on_an_approximate_graph_at_the_niceness_asked(
+        tmp_path: Path) -> None:
+    # 4,880 vectors, where the graph search is approximate: workers searching copies of the
+    # index give every label and score of the process that wrote it (not so before every
+    # write was persisted: Chroma rebuilt its unpersisted tail in each process's own order).
+    db = tmp_path / "db"
+    LabelIndex(chroma_client(db), HashEmbedder()).sync(determinism_catalog())
+    write_rows(tmp_path / "in.jsonl", 60)
+    engine = open_engine(make_settings(tmp_path, db=db))
+    run = run_batch_ray(engine, str(tmp_path / "in.jsonl"), tmp_path / "out",
+                        BatchOptions(mode="retrieval"),
+                        RayOptions(workers=2, shard_size=30, worker_niceness=19), tty=False)
+    assert [w["niceness"] for w in run.workers] == [19, 19]  # up from Ray's 15: no privilege
+    merge_parts(tmp_path / "out", tmp_path / "merged.jsonl")
+    run_batch(engine, str(tmp_path / "in.jsonl"), tmp_path / "local.jsonl",
+              BatchOptions(mode="retrieval"), tty=False)
     assert read(tmp_path / "merged.jsonl") == read(tmp_path / "local.jsonl")
 
 

@@ -6,6 +6,7 @@ tests run it in-process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -35,8 +36,10 @@ class IndexUnavailableError(LabelrankError):
 class ShardWorker:
     """Labels whole shards with one engine; a shard resumes record by record from its part."""
 
-    def __init__(self, settings: Settings, config: dict, options: BatchOptions) -> None:
+    def __init__(self, settings: Settings, config: dict, options: BatchOptions,
+                 niceness: int | None = None) -> None:
         self._settings = settings
+        self._niceness = niceness
         self._config = config
         self._options = options
         self._engine: Engine | None = None
@@ -45,9 +48,12 @@ class ShardWorker:
         self._written = 0
 
     def start(self) -> dict[str, object]:
-        """Load the model and open the index now; where this worker runs."""
+        """Load the model and open the index now; where this worker runs, at what niceness."""
+        if self._niceness is not None:
+            renice(self._niceness)
         self._ready()
-        return {"pid": os.getpid(), "host": socket.gethostname()}
+        return {"pid": os.getpid(), "host": socket.gethostname(),
+                "niceness": os.getpriority(os.PRIO_PROCESS, 0)}
 
     def progress(self) -> tuple[int, int] | None:
         """(shard, records this worker has written to it) while a shard runs."""
@@ -108,6 +114,13 @@ class ShardWorker:
                     f"the driver ({'; '.join(changed[:8])})", changed=changed)
             self._engine = engine
         return self._engine
+
+
+def renice(niceness: int) -> None:
+    """This process's niceness, where the system allows: anyone may raise it, lowering it
+    takes CAP_SYS_NICE (the summary shows what the workers got)."""
+    with contextlib.suppress(PermissionError):
+        os.setpriority(os.PRIO_PROCESS, 0, niceness)
 
 
 def private_copy(db: Path) -> Path:

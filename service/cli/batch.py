@@ -57,6 +57,11 @@ def batch(
     = None,
     chroma_host: Annotated[str | None, typer.Option(help=(
         "Chroma server host instead of --db (LABELRANK_CHROMA_HOST)."))] = None,
+    worker_niceness: Annotated[int | None, typer.Option(min=-20, max=19, help=(
+        "Niceness of the Ray workers. Ray starts them at 15, so they run slowly while anything "
+        "else uses the cores; 0 runs them as the driver runs. Applied by the Ray this run "
+        "starts; on a joined cluster a worker can only raise its own (set "
+        "RAY_worker_niceness=0 before `ray start` to lower it there)."))] = None,
 ) -> None:
     """Label a whole file: one JSONL record per input record, in order, resumable."""
     from service.batch.openai_files import BATCH_DISCOUNT, collect, prepare
@@ -74,7 +79,8 @@ def batch(
     if engine_name not in ("local", "ray"):
         raise typer.BadParameter(f"--engine must be local or ray, not {engine_name!r}")
     ray_only = {"--address": address, "--workers": workers, "--merge": merge,
-                "--cpus-per-worker": cpus_per_worker != 1, "--shard-size": shard_size != 10_000}
+                "--cpus-per-worker": cpus_per_worker != 1, "--shard-size": shard_size != 10_000,
+                "--worker-niceness": worker_niceness is not None}
     if engine_name == "local" and any(ray_only.values()):
         raise typer.BadParameter(", ".join(k for k, v in ray_only.items() if v)
                                  + " go with --engine ray")
@@ -105,7 +111,8 @@ def batch(
         return
     if engine_name == "ray":
         _run_on_ray(engine, input_path, output, options, merge,
-                    RayOptions(address, workers, cpus_per_worker, shard_size))
+                    RayOptions(address, workers, cpus_per_worker, shard_size,
+                               worker_niceness=worker_niceness))
         return
     try:
         stats = run_batch(engine, input_path, output, options)
@@ -133,10 +140,12 @@ def _run_on_ray(engine: Engine, source: str, output: Path, options: BatchOptions
     typer.echo(summary(run.stats, settings.llm_model, settings.llm_prices), err=True)
     if run.workers:
         rss = [f"{w['peak_rss_mb']:.0f}" for w in run.workers]
+        nice = sorted({w["niceness"] for w in run.workers})
         workers, nodes = len(run.workers), len({w["host"] for w in run.workers})
         typer.echo(f"  ray: {workers} worker{'s' * (workers > 1)} on {nodes} "
                    f"node{'s' * (nodes > 1)}, started in {run.startup_s:.1f} s; peak RSS per "
-                   f"worker: {', '.join(rss)} MB", err=True)
+                   f"worker: {', '.join(rss)} MB; niceness {', '.join(map(str, nice))}",
+                   err=True)
     if merge is not None:
         repeated = merge_parts(output, merge)
         typer.echo(f"merged {run.stats.records} records into {merge}"
