@@ -64,12 +64,35 @@ def batch(
         "RAY_worker_niceness=0 before `ray start` to lower it there)."))] = None,
 ) -> None:
     """Label a whole file: one JSONL record per input record, in order, resumable."""
-    from service.batch.openai_files import BATCH_DISCOUNT, collect, prepare
+    from prompts.answer_cache import CACHE_DIR
     from service.batch.ray_run import RayOptions
-    from service.batch.report import summary
-    from service.batch.run import BatchOptions, run_batch
+    from service.batch.run import BatchOptions
     from service.engine import open_engine
 
+    _check(input_format, openai_batch, results, engine_name,
+           {"--address": address, "--workers": workers, "--merge": merge,
+            "--cpus-per-worker": cpus_per_worker != 1, "--shard-size": shard_size != 10_000,
+            "--worker-niceness": worker_niceness is not None})
+    engine = open_engine(settings_from(db, llm_concurrency=concurrency, chroma_host=chroma_host))
+    options = BatchOptions(mode=parse_mode(mode), text_field=text_field, id_field=id_field,
+                           input_format=cast(InputFormat, input_format), chunk_size=chunk_size,
+                           candidates=candidates, force=force,
+                           cache_dir=None if no_cache else CACHE_DIR)
+    if openai_batch == "prepare":
+        _prepare(engine, input_path, output, options)
+    elif openai_batch == "collect":
+        _collect(engine, output, results or [], options)
+    elif engine_name == "ray":
+        _run_on_ray(engine, input_path, output, options, merge,
+                    RayOptions(address, workers, cpus_per_worker, shard_size,
+                               worker_niceness=worker_niceness))
+    else:
+        _run_local(engine, input_path, output, options)
+
+
+def _check(input_format: str, openai_batch: str | None, results: list[Path] | None,
+           engine_name: str, ray_only: dict[str, object]) -> None:
+    """Refuse options that do not go together, before anything is opened."""
     if input_format not in ("auto", "jsonl", "csv"):
         raise typer.BadParameter(f"--input-format must be auto, jsonl or csv, not {input_format!r}")
     if openai_batch not in (None, "prepare", "collect") or bool(results) != (
@@ -78,49 +101,51 @@ def batch(
                                  "RESULTS.jsonl...; results files go with collect only")
     if engine_name not in ("local", "ray"):
         raise typer.BadParameter(f"--engine must be local or ray, not {engine_name!r}")
-    ray_only = {"--address": address, "--workers": workers, "--merge": merge,
-                "--cpus-per-worker": cpus_per_worker != 1, "--shard-size": shard_size != 10_000,
-                "--worker-niceness": worker_niceness is not None}
     if engine_name == "local" and any(ray_only.values()):
         raise typer.BadParameter(", ".join(k for k, v in ray_only.items() if v)
                                  + " go with --engine ray")
     if engine_name == "ray" and openai_batch:
         raise typer.BadParameter("--openai-batch runs with the local engine")
-    engine = open_engine(settings_from(db, llm_concurrency=concurrency, chroma_host=chroma_host))
+
+
+def _prepare(engine: Engine, source: str, output: Path, options: BatchOptions) -> None:
+    """OpenAI Batch API request files for the whole input, and what to do with them."""
+    from service.batch.openai_files import prepare
+
+    done = prepare(engine, source, output, options)
+    typer.echo(f"prepared {done['requests']} requests for {done['items']} records "
+               f"({done['errors']} input errors) in {done['directory']}:", err=True)
+    for path in done["files"]:
+        typer.echo(f"  {path}", err=True)
+    typer.echo("upload each with purpose=batch, create batches for /v1/chat/completions, "
+               "then: labelrank batch INPUT OUTPUT --openai-batch collect RESULTS.jsonl",
+               err=True)
+
+
+def _collect(engine: Engine, output: Path, results: list[Path], options: BatchOptions) -> None:
+    """The provider's answers into OUTPUT, and the run's summary at the batch price."""
+    from service.batch.openai_files import BATCH_DISCOUNT, collect
+    from service.batch.report import summary
+
+    stats, bad = collect(engine, output, results, options)
+    if bad:
+        typer.echo(f"warning: {bad} unreadable lines in the results files", err=True)
     settings = engine.settings
-    options = BatchOptions(mode=parse_mode(mode), text_field=text_field, id_field=id_field,
-                           input_format=cast(InputFormat, input_format), chunk_size=chunk_size,
-                           candidates=candidates, force=force,
-                           cache_dir=None if no_cache else Path(".labelrank-cache"))
-    if openai_batch == "prepare":
-        done = prepare(engine, input_path, output, options)
-        typer.echo(f"prepared {done['requests']} requests for {done['items']} records "
-                   f"({done['errors']} input errors) in {done['directory']}:", err=True)
-        for path in done["files"]:
-            typer.echo(f"  {path}", err=True)
-        typer.echo("upload each with purpose=batch, create batches for /v1/chat/completions, "
-                   "then: labelrank batch INPUT OUTPUT --openai-batch collect RESULTS.jsonl",
-                   err=True)
-        return
-    if openai_batch == "collect":
-        stats, bad = collect(engine, output, results or [], options)
-        if bad:
-            typer.echo(f"warning: {bad} unreadable lines in the results files", err=True)
-        typer.echo(summary(stats, settings.llm_model, settings.llm_prices, BATCH_DISCOUNT),
-                   err=True)
-        return
-    if engine_name == "ray":
-        _run_on_ray(engine, input_path, output, options, merge,
-                    RayOptions(address, workers, cpus_per_worker, shard_size,
-                               worker_niceness=worker_niceness))
-        return
+    typer.echo(summary(stats, settings.llm_model, settings.llm_prices, BATCH_DISCOUNT), err=True)
+
+
+def _run_local(engine: Engine, source: str, output: Path, options: BatchOptions) -> None:
+    """The run in this process, and its summary; interrupted, it says how to resume."""
+    from service.batch.report import summary
+    from service.batch.run import run_batch
+
     try:
-        stats = run_batch(engine, input_path, output, options)
+        stats = run_batch(engine, source, output, options)
     except KeyboardInterrupt:
         typer.echo(f"interrupted: {output} holds every finished record; run the same "
                    "command again to resume", err=True)
         raise typer.Exit(130) from None
-    typer.echo(summary(stats, settings.llm_model, settings.llm_prices), err=True)
+    typer.echo(summary(stats, engine.settings.llm_model, engine.settings.llm_prices), err=True)
 
 
 def _run_on_ray(engine: Engine, source: str, output: Path, options: BatchOptions,
