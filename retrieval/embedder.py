@@ -78,6 +78,33 @@ class SentenceTransformerEmbedder:
             )
         return vectors.astype(np.float32, copy=False)
 
+    def embed_with_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """What `embed` returns (to float rounding), and from the same pass each text's
+        contextual token vectors (before pooling, each normalised; special tokens left out)."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32), []
+        import torch
+
+        special = torch.tensor(self._model.tokenizer.all_special_ids)
+        with self._lock:
+            outputs = self._model.encode(
+                list(texts), batch_size=self.batch_size, output_value=None,
+                convert_to_numpy=True, show_progress_bar=False,
+            )
+        pooled, tokens = [], []
+        for out in outputs:
+            ids = out["input_ids"].cpu()
+            kept = out["attention_mask"].cpu().bool() & ~torch.isin(ids, special)
+            pooled.append(out["sentence_embedding"].float().cpu().numpy())
+            tokens.append(_unit(out["token_embeddings"].cpu()[kept].float().numpy()))
+        return _unit(np.stack(pooled)), tokens
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (float32)."""
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return (rows / np.maximum(norms, 1e-12)).astype(np.float32)
+
 
 def resolve_model_path(model: str) -> Path:
     """Map the default model name to its offline package; anything else must be a local path."""

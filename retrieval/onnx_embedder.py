@@ -12,7 +12,7 @@ import os
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -81,38 +81,70 @@ class OnnxEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         with self._lock:
-            encodings = self._tokenizer.encode_batch(list(texts))
-            lengths = np.array([len(e.ids) for e in encodings])
-            order = np.argsort(lengths, kind="stable")
-            start = 0
-            while start < len(order):
-                # Activations grow with batch x width (attention with width squared): cap the
-                # tokens per run so long texts go in smaller batches and memory stays flat.
-                stop = start + 1
-                while (stop < len(order) and stop - start < self.batch_size
-                       and (stop - start + 1) * lengths[order[stop]] <= _TOKENS_PER_RUN):
-                    stop += 1
-                rows = order[start:stop]
-                out[rows] = self._run([encodings[i] for i in rows])
-                start = stop
+            for rows, hidden, mask, _ in self._forward(texts):
+                out[rows] = self._pool(hidden, mask)
         return out
 
-    def _run(self, encodings: list) -> np.ndarray:
+    def embed_with_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """What `embed` returns, and from the same pass each text's contextual token vectors
+        (before pooling, each normalised; [CLS] and [SEP] left out), one matrix per text."""
+        pooled = np.zeros((len(texts), self.dim), dtype=np.float32)
+        tokens = [np.zeros((0, self.dim), dtype=np.float32)] * len(texts)
+        if not texts:
+            return pooled, tokens
+        with self._lock:
+            for rows, hidden, mask, special in self._forward(texts):
+                pooled[rows] = self._pool(hidden, mask)
+                keep = (mask == 1) & (special == 0)
+                for row, states, kept in zip(rows, hidden, keep, strict=True):
+                    tokens[row] = _unit(states[kept])
+        return pooled, tokens
+
+    def _forward(self, texts: Sequence[str]) -> Iterator[tuple[np.ndarray, np.ndarray,
+                                                               np.ndarray, np.ndarray]]:
+        """Token states of the texts, run by runs: (rows, states, attention mask, special
+        tokens mask). The caller holds the lock."""
+        encodings = self._tokenizer.encode_batch(list(texts))
+        lengths = np.array([len(e.ids) for e in encodings])
+        order = np.argsort(lengths, kind="stable")
+        start = 0
+        while start < len(order):
+            # Activations grow with batch x width (attention with width squared): cap the
+            # tokens per run so long texts go in smaller batches and memory stays flat.
+            stop = start + 1
+            while (stop < len(order) and stop - start < self.batch_size
+                   and (stop - start + 1) * lengths[order[stop]] <= _TOKENS_PER_RUN):
+                stop += 1
+            rows = order[start:stop]
+            yield rows, *self._run([encodings[i] for i in rows])
+            start = stop
+
+    def _run(self, encodings: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         width = max(len(e.ids) for e in encodings)
         ids = np.zeros((len(encodings), width), dtype=np.int64)
         mask = np.zeros_like(ids)
+        special = np.zeros_like(ids)
         for row, enc in enumerate(encodings):
             ids[row, :len(enc.ids)] = enc.ids
             mask[row, :len(enc.ids)] = 1
+            special[row, :len(enc.ids)] = enc.special_tokens_mask
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
         hidden = self._session.run(None, {k: v for k, v in feeds.items() if k in self._inputs})[0]
+        return hidden, mask, special
+
+    def _pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
         if self._pooling == "cls":
             pooled = hidden[:, 0]
         else:
             weights = mask[..., None].astype(np.float32)
             pooled = (hidden * weights).sum(axis=1) / np.maximum(weights.sum(axis=1), 1e-9)
-        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+        return _unit(pooled)
+
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    """Rows scaled to length 1 (float32)."""
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return (rows / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def exported_graph(source: Path, precision: Precision, cache_dir: Path) -> Path:
