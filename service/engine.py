@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from retrieval.index import LabelIndex
 from service.factory import build_index, effective_settings, pipeline_for, setting_sources
-from service.labels import LiveLabels
+from service.labels.editor import LiveLabels
 from service.pipeline import Pipeline
 from service.settings import Settings
 

@@ -15,7 +15,7 @@ from retrieval.catalog import Label, load_catalog
 from retrieval.embedder import Embedder
 from retrieval.index import LabelIndex, chroma_client
 from service.api.app import create_app
-from service.maintenance import Maintenance, trim_heap
+from service.api.maintenance import Maintenance, trim_heap
 from tests.conftest import MINI_CATALOG, api_settings, wait_ready
 from tests.test_api import _sample
 

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from eval.cli import app
 from retrieval.index import LabelIndex
-from service.config_check import check_config, weak_key
+from service.cli.config_check import check_config, weak_key
 from tests.conftest import make_settings
 
 STRONG = "q7Vx2LmP9rT4wZ8kY3nB6cD1"

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from retrieval.catalog import Label
 from retrieval.errors import LabelrankError
-from service.label_edits import (
+from service.labels.bodies import (
     StrictModel,
     Text,
 )

@@ -31,8 +31,8 @@ from service.api.models import (
     LabelWrite,
 )
 from service.api.state import ServiceState
-from service.label_edits import LABEL_ID_PATTERN, FeedbackIn, FeedbackOut, LabelIn, LabelPatch
-from service.labels import LiveLabels, Written, page
+from service.labels.bodies import LABEL_ID_PATTERN, FeedbackIn, FeedbackOut, LabelIn, LabelPatch
+from service.labels.editor import LiveLabels, Written, page
 from service.pipeline import ClassifyOptions, Pipeline
 from service.results import ClassifyResult, ItemError, Outcome
 

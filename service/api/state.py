@@ -12,14 +12,14 @@ from prompts.selector import LLMSelector
 from retrieval.embedder import Embedder
 from retrieval.errors import LabelrankError
 from retrieval.index import LabelIndex, chroma_client, index_metadata
+from service.api.maintenance import Maintenance
 from service.api.microbatch import MicroBatcher
 from service.api.models import NotReadyError
 from service.api.prometheus import Metrics
 from service.engine import Engine, open_engine
 from service.factory import build_embedder, build_index
-from service.labels import LiveLabels
+from service.labels.editor import LiveLabels
 from service.locking import hold_directory
-from service.maintenance import Maintenance
 from service.pipeline import ClassifyOptions, Pipeline
 from service.results import Outcome
 from service.settings import Settings

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from service.cli.common import DbOpt, settings_from
-from service.config_check import Finding, check_config, check_index
+from service.cli.config_check import Finding, check_config, check_index
 
 
 def report(findings: list[Finding]) -> int:

@@ -39,8 +39,8 @@ def serve(
     """Serve the HTTP API (/v1, docs at /docs) and the web console (/) with uvicorn."""
     import uvicorn
 
+    from service.cli.config_check import check_config, check_index
     from service.cli.doctor import report
-    from service.config_check import check_config, check_index
 
     pages: Pages | None = ctx.obj
     settings = settings_from(db)

@@ -19,7 +19,7 @@ from retrieval.taxonomy import taxonomy_of
 from service.api.auth import require_read
 from service.api.routes import LabelIdPath, LabelsDep, PipelineDep
 from service.console.templating import render
-from service.labels import LiveLabels
+from service.labels.editor import LiveLabels
 
 router = APIRouter(dependencies=[Depends(require_read)], include_in_schema=False)
 SHOWN = 50

@@ -13,7 +13,7 @@ from retrieval.catalog import Label
 from retrieval.index import LabelIndex, SyncReport
 from retrieval.iterables import dedupe
 from retrieval.taxonomy import taxonomy_of
-from service.label_edits import (
+from service.labels.bodies import (
     FeedbackIn,
     FeedbackOut,
     InvalidLabelError,

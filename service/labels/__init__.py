@@ -1,0 +1,1 @@
+"""Live label edits: the editor (service.labels.editor) and its request bodies (bodies)."""
