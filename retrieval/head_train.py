@@ -32,7 +32,10 @@ class TrainConfig:
     label_neighbours: int = 50  # prototypes near a label's: where its examples' hard negatives are
     batch_size: int = 256
     learning_rate: float = 0.02
-    l2: float = 1e-4
+    # L2 on the touched rows, per pair: 1e-4 weighed like C ~ 0.02 in scikit-learn terms on
+    # CLINC150 and cost NLU++ (pure head, f1_samples) 75.7 -> 61.1; the epoch bound and the
+    # prototype start regularise enough.
+    l2: float = 0.0
     init_scale: float = 10.0
     seed: int = 0
 
@@ -203,6 +206,14 @@ def _hard_negatives(x: np.ndarray, positives: np.ndarray, prototypes: np.ndarray
         pool = neighbours[own].reshape(len(pos), -1)
         scores = np.einsum("nd,nkd->nk", x[start:start + _CHUNK], prototypes[pool])
         scores[(pool[:, :, None] == pos[:, None, :]).any(-1)] = -np.inf
+        # Several labels of one text share neighbours: each label once, or the nearest fill
+        # every slot (NLU++, 2.3 labels a text, pure head: 57.5 -> 61.1 f1_samples deduped).
+        order = np.argsort(pool, axis=1, kind="stable")
+        repeats = np.take_along_axis(pool, order, axis=1)
+        again = np.zeros_like(repeats, dtype=bool)
+        again[:, 1:] = repeats[:, 1:] == repeats[:, :-1]
+        scores[np.arange(len(pool))[:, None], order] = np.where(
+            again, -np.inf, np.take_along_axis(scores, order, axis=1))
         best = np.argsort(-scores, axis=1, kind="stable")[:, :h]
         out[start:start + _CHUNK] = np.take_along_axis(pool, best, axis=1)
     return out
