@@ -72,7 +72,8 @@ def with_tokens(stages: list[CandidateStage], stage: TokenMatchStage) -> list[Ca
 
 def measure(index: LabelIndex, settings: Settings, stages: list[CandidateStage],
             data: Dataset, top_k: int) -> dict[str, float]:
-    """RP@5, RP@10, candidate recall@top_k and texts/s of one retrieval setting."""
+    """RP@1 (top-1 accuracy on single-label sets), RP@5, RP@10, candidate recall@top_k and
+    texts/s of one retrieval setting."""
     aggregation = Aggregation(settings.aggregation, settings.rrf_k,
                               settings.max_hits_per_label or None)
     retriever = Retriever(index, aggregation, settings.neighbours, stages, evidence=False)
@@ -82,8 +83,9 @@ def measure(index: LabelIndex, settings: Settings, stages: list[CandidateStage],
     seconds = time.perf_counter() - started
     ranked = [[c.label_id for c in pool] for pool in shortlists]
     gold = [list(e.labels) for e in data.examples]
-    scores = evaluate(gold, [[] for _ in gold], ranked, ks=(5, 10), candidate_k=top_k)
-    return {"method": retriever.describe(), "RP@5": 100 * scores["RP@5"],
+    scores = evaluate(gold, [[] for _ in gold], ranked, ks=(1, 5, 10), candidate_k=top_k)
+    return {"method": retriever.describe(), "RP@1": 100 * scores["RP@1"],
+            "RP@5": 100 * scores["RP@5"],
             "RP@10": 100 * scores["RP@10"], "recall@K": 100 * scores[f"candidate_recall@{top_k}"],
             "texts_per_s": len(texts) / seconds}
 
@@ -96,8 +98,9 @@ def run(name: str, weights: list[float], top_k: int) -> list[dict]:
     subqueries = settings.model_copy(update={"subqueries": 3})
     cache = TokenCache()  # shared by every row: a server keeps it warm
 
-    def token_stage(weight: float, direction: Direction = "label") -> TokenMatchStage:
-        stage = TokenMatchStage(weight, direction)
+    def token_stage(weight: float, direction: Direction = "label",
+                    widen: int = 1) -> TokenMatchStage:
+        stage = TokenMatchStage(weight, direction, widen)
         stage.cache = cache
         return stage
 
@@ -108,6 +111,9 @@ def run(name: str, weights: list[float], top_k: int) -> list[dict]:
         rows += [(f"{base_name} + tokens({w:g})", base,
                   with_tokens(build_stages(base), token_stage(w)), f"{base_name}+tokens")
                  for w in weights]
+    rows += [(f"default + tokens({w:g}) over a 2x deeper pool", settings,
+              with_tokens(build_stages(settings), token_stage(w, widen=2)), "default+tokens-x2")
+             for w in weights]
     rows += [(f"default + tokens-text({w:g})", settings,
               with_tokens(build_stages(settings), token_stage(w, "text")), "default+tokens-text")
              for w in weights]
@@ -128,13 +134,13 @@ def run(name: str, weights: list[float], top_k: int) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     """A markdown table of the half-b figures."""
-    lines = ["| set (n, half b) | row | method | RP@5 | RP@10 | recall@K | texts/s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| set (n, half b) | row | method | RP@1 | RP@5 | RP@10 | recall@K | texts/s |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mark = " (chosen on a)" if r.get("chosen") else ""
         lines.append(f"| {r['dataset']} ({r['n_b']}) | {r['row']}{mark} | `{r['method']}` | "
-                     f"{r['RP@5_b']:.1f} | {r['RP@10_b']:.1f} | {r['recall@K_b']:.1f} | "
-                     f"{r['texts_per_s_b']:.1f} |")
+                     f"{r['RP@1_b']:.1f} | {r['RP@5_b']:.1f} | {r['RP@10_b']:.1f} | "
+                     f"{r['recall@K_b']:.1f} | {r['texts_per_s_b']:.1f} |")
     return "\n".join(lines)
 
 

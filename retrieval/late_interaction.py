@@ -131,7 +131,6 @@ class _TokenMatchSettings(Protocol):
 class TokenMatchStage:
     """Mixes each candidate's score with its late-interaction score, by `weight`, and re-sorts."""
 
-    widen = 1
     needs_vectors = False
     rescores = False
     fields: ClassVar[tuple[str, ...]] = ("token_match_weight",)
@@ -142,9 +141,10 @@ class TokenMatchStage:
     sampled: ClassVar[bool] = True
     max_widen: ClassVar[int] = 1
 
-    def __init__(self, weight: float, direction: Direction = "label") -> None:
+    def __init__(self, weight: float, direction: Direction = "label", widen: int = 1) -> None:
         self.weight = weight
         self.direction = direction
+        self.widen = widen  # rescore a pool this many times deeper, keep the best share
         self.cache = TokenCache()
 
     @classmethod
@@ -161,7 +161,8 @@ class TokenMatchStage:
     def describe(self, method: str) -> str:
         """`method+tokens(w)` (`tokens-text(w)` in ColBERT's direction)."""
         name = "tokens" if self.direction == "label" else "tokens-text"
-        return f"{method}+{name}({self.weight:g})"
+        deeper = f",x{self.widen}" if self.widen > 1 else ""
+        return f"{method}+{name}({self.weight:g}{deeper})"
 
     def apply(self, index: LabelIndex, search: Search, pools: Shortlists | None,
               pool_k: int) -> Shortlists:
@@ -169,18 +170,19 @@ class TokenMatchStage:
         label phrases from the cache) and mix: (1 - w) x score + w x token score; the same
         for the similarity."""
         assert pools is not None, "the token-matching stage needs aggregated pools"
+        keep = pool_k // self.widen
         if self.weight <= 0:
-            return pools
+            return [pool[:keep] for pool in pools]
         embedder = token_embedder(index.embedder)
         text_tokens = embedder.embed_with_tokens(list(search.texts))[1]
         labels = index.labels
         shortlisted = list(dict.fromkeys(c.label_id for pool in pools for c in pool))
         entries = self.cache.get(labels, shortlisted, embedder)
-        return [self._mix(pool, tokens, entries, pool_k)
+        return [self._mix(pool, tokens, entries, keep)
                 for pool, tokens in zip(pools, text_tokens, strict=True)]
 
     def _mix(self, pool: list[Candidate], text_tokens: np.ndarray,
-             entries: Mapping[str, LabelTokens], pool_k: int) -> list[Candidate]:
+             entries: Mapping[str, LabelTokens], keep: int) -> list[Candidate]:
         # A label without phrases, or a text without tokens, says nothing: left unchanged.
         matched = [c for c in pool if c.label_id in entries] if len(text_tokens) else []
         scores = max_sim(text_tokens, [entries[c.label_id] for c in matched], self.direction)
@@ -190,4 +192,4 @@ class TokenMatchStage:
                          similarity=(1 - w) * c.similarity + w * token_score[c.label_id])
                  if c.label_id in token_score else c for c in pool]
         mixed.sort(key=lambda c: (-c.score, c.label_id))
-        return mixed[:pool_k]
+        return mixed[:keep]

@@ -131,3 +131,11 @@ def test_token_vectors_are_reached_through_calibrations_memo(index: LabelIndex) 
     stub = SimpleNamespace(backend="process", embed=index.embedder.embed)
     with pytest.raises(TokenVectorsUnavailable):
         token_embedder(stub)
+
+
+def test_deeper_pool_is_rescored_then_cut_to_the_shortlist(index: LabelIndex) -> None:
+    base = retriever(index).candidates(TEXTS, 4)
+    got = retriever(index, TokenMatchStage(0.5, widen=2)).candidates(TEXTS, 2)
+    for text, before, after in zip(TEXTS, base, got, strict=True):
+        want = expected(index, before, text, 0.5, "label")[:2]
+        assert [c.label_id for c in after] == [label_id for label_id, _ in want]
