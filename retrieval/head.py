@@ -160,6 +160,13 @@ class LabelHead:
                         else np.zeros((0, info.dim), dtype=np.float32))
         self.biases = np.array([table.rows[lid].bias for lid in fresh], dtype=np.float32)
 
+    @classmethod
+    def detached(cls, info: HeadInfo, rows: Mapping[str, HeadRow]) -> LabelHead:
+        """A head held in memory only, every row fresh (calibration's, trained without its
+        held-out texts)."""
+        return cls(info, HeadTable(dict(rows), {lid: (row.trained_on, 1)
+                                                for lid, row in rows.items()}))
+
     def logits(self, vectors: np.ndarray, label_ids: Sequence[str],
                similarities: np.ndarray | None = None) -> np.ndarray:
         """[texts x labels] logits of these labels only; a label without a fresh weight gets

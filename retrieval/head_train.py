@@ -5,7 +5,7 @@ shortlist beside them (hard negatives) and a few random ones; never a softmax ov
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -265,6 +265,18 @@ def _similarity_map(x: np.ndarray, positives: np.ndarray, hard: np.ndarray, w: n
 def train_index_head(index: LabelIndex, config: TrainConfig = TrainConfig()) -> HeadInfo | None:
     """Train on the example texts the index holds and save the head with it; None (nothing
     saved) when fewer than two assignable labels have examples."""
+    fitted = fit_index_head(index, config)
+    if fitted is None:
+        return None
+    index.save_head(*fitted)
+    return fitted[0]
+
+
+def fit_index_head(index: LabelIndex, config: TrainConfig = TrainConfig(),
+                   skip: Container[str] = frozenset()
+                   ) -> tuple[HeadInfo, dict[str, HeadRow]] | None:
+    """A head trained on the example vectors the index holds, except the vector ids in `skip`
+    (nothing saved); None when fewer than two assignable labels have examples."""
     started = time.perf_counter()
     row_of: dict[str, int] = {}  # a text several labels share is one multi-label example
     vectors: list[np.ndarray] = []
@@ -272,7 +284,7 @@ def train_index_head(index: LabelIndex, config: TrainConfig = TrainConfig()) -> 
     by_label: dict[str, list[str]] = {}
     for stored in index.iter_vectors(kind="example"):
         label = index.labels.get(stored.label_id)
-        if label is None or not label.assignable:
+        if label is None or not label.assignable or stored.vector_id in skip:
             continue
         by_label.setdefault(stored.label_id, []).append(stored.text)
         row = row_of.setdefault(stored.text, len(row_of))
@@ -291,5 +303,4 @@ def train_index_head(index: LabelIndex, config: TrainConfig = TrainConfig()) -> 
                     embedder=index.embedder.name, dim=index.embedder.dim, mode=config.mode,
                     scale=fitted.scale, labels=len(rows), examples=len(vectors),
                     seconds=round(time.perf_counter() - started, 1), epochs=fitted.epochs)
-    index.save_head(info, rows)
-    return info
+    return info, rows

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
@@ -157,21 +157,6 @@ def search_space(settings: Settings, **levers: Any) -> SearchSpace:
     start = {name: getattr(settings, name, kind.off.get(name))
              for kind in kinds for name in kind.fields}
     return SearchSpace(kinds, start, **levers)
-
-# Reciprocal rank over several hits rewards a label for having many vectors near the text: right
-# when those are ~100 examples of an intent, wrong when they are aliases of a name (ESCO).
-SHAPE_MIN_EXAMPLES = 3
-
-
-def shape_default(example_counts: Sequence[int]) -> dict[str, object]:
-    """The aggregation for a catalog of this shape (example texts per label, a sample will do),
-    used until anything is calibrated: reciprocal rank over a label's best 3 hits when most
-    labels have at least SHAPE_MIN_EXAMPLES examples, else max-similarity."""
-    counts = sorted(example_counts)
-    if counts and counts[len(counts) // 2] >= SHAPE_MIN_EXAMPLES:
-        return {"aggregation": "rrf", "rrf_k": 1.0, "max_hits_per_label": 3}
-    return {"aggregation": "max", "rrf_k": 1.0, "max_hits_per_label": 1}
-
 
 def effective_settings(settings: Settings, index: LabelIndex) -> Settings:
     """Settings with the index's calibration (and the embedder it was opened with) applied

@@ -31,6 +31,7 @@ SELECTORS: dict[str, str] = {
 CANDIDATE_STAGES: dict[str, str] = {
     "subqueries": "retrieval.subqueries:SubqueryStage",
     "lexical": "retrieval.lexical:LexicalStage",
+    "head": "retrieval.head:HeadStage",
     "branch": "retrieval.branches:BranchStage",
 }
 

@@ -6,13 +6,18 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
+from functools import partial
 
 from retrieval.calibration.held_out import HeldOutIndex
 from retrieval.calibration.pseudo_queries import PseudoSet, add_copies, build_pseudo_set
 from retrieval.calibration.scoring import Calibration, calibration_record
 from retrieval.calibration.search import SearchSpace, search_settings
+from retrieval.calibration.shape import shape_default
+from retrieval.head import LabelHead
+from retrieval.head_train import fit_index_head
 from retrieval.index import LabelIndex
-from service.factory import search_space, shape_default
+from service.factory import search_space
+from service.indexing import head_config
 from service.settings import Settings
 
 # Fewer pseudo-queries than this say nothing a threshold could be fitted to.
@@ -44,7 +49,7 @@ def self_calibrate(settings: Settings, index: LabelIndex, space: SearchSpace | N
     floor = (settings.calibration_min_texts_per_s if min_texts_per_s is None
              else min_texts_per_s)
     view = HeldOutIndex(index, pseudo.all_held_out(), max(len(h) for h in pseudo.held_out),
-                        pseudo.out_of_scope)
+                        pseudo.out_of_scope, partial(head_without, settings, index))
     metric = "f1_samples" if any(len(g) > 1 for g in pseudo.gold) else "accuracy"
     # Sub-queries split a text into the parts that may name labels: judge them on texts like
     # users' (held-out examples, several labels joined), not on a label's own name or alias.
@@ -56,6 +61,13 @@ def self_calibrate(settings: Settings, index: LabelIndex, space: SearchSpace | N
     record = calibration_record(best, "self", {**pseudo.describe(), **catalog,
                                                "seconds": round(seconds, 1)})
     return SelfCalibration(record, best, results, pseudo, seconds)
+
+
+def head_without(settings: Settings, index: LabelIndex,
+                  hidden: frozenset[str]) -> LabelHead | None:
+    """The head retrained with the index's own settings, without the held-out vectors."""
+    fitted = fit_index_head(index, head_config(settings), skip=hidden)
+    return LabelHead.detached(*fitted) if fitted else None
 
 
 def _pseudo_set(index: LabelIndex, size: int) -> PseudoSet:
@@ -70,7 +82,7 @@ def shape_record(index: LabelIndex) -> dict:
     labels = sorted(lid for lid, lab in index.labels.items() if lab.assignable)
     sample = random.Random(0).sample(labels, min(SHAPE_SAMPLE, len(labels)))
     counts = [len(index.examples(lid)) for lid in sample]
-    settings = shape_default(counts)
+    settings = shape_default(counts, head=index.head() is not None)
     return {"settings": settings, "sources": dict.fromkeys(settings, "shape"), "source": "shape",
             "dev_set": {"labels_sampled": len(counts),
                         "with_examples": sum(c > 0 for c in counts),

@@ -57,7 +57,8 @@ class Settings(BaseSettings):
     calibration_min_texts_per_s: float = Field(0.0, ge=0)
     # Learned head (retrieval/head.py): the weight of its probability in a candidate's score
     # (1: order by the head alone; 0: off); used only when the index holds a trained head.
-    head_weight: float = Field(0.5, ge=0, le=1)
+    # Off until calibration (self, labeled or fit) weighs it against the shortlist without it.
+    head_weight: float = Field(0.0, ge=0, le=1)
     head_train: bool = True  # at the end of `labelrank index`, when labels have examples
     head_mode: Literal["ovr", "softmax"] = "ovr"  # a sigmoid per label, or a shortlist softmax
     head_epochs: int = Field(10, ge=1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from eval.cli import app
+from retrieval.calibration.held_out import HeldOutIndex
 from retrieval.catalog import Catalog, Label, load_catalog
 from retrieval.embedder import Embedder
 from retrieval.fusion import Aggregation
@@ -21,7 +23,9 @@ from retrieval.head import HeadStage
 from retrieval.head_train import TrainConfig, fit_head
 from retrieval.index import LabelIndex, chroma_client
 from retrieval.retriever import Retriever
+from service.factory import build_pipeline
 from service.indexing import describe_head, train_head
+from service.self_calibration import head_without, self_calibrate, shape_record
 from tests.conftest import MINI_CATALOG, make_settings
 
 EXAMPLES = {
@@ -235,3 +239,27 @@ def test_a_chroma_server_keeps_the_head(chroma_server: tuple[str, int],
     reopened = LabelIndex(chroma_client(host=host, port=port), embedder)
     assert status(reopened) == (6, 0, 0, 0)
     assert top(reopened, ["atm said no"]) == top(index, ["atm said no"])
+
+
+def test_self_calibration_weighs_a_head_that_never_saw_its_held_out_texts(
+        tmp_path: Path, index: LabelIndex) -> None:
+    settings = make_settings(tmp_path)
+    held = ("refund", "example", EXAMPLES["refund"][0])
+    view = HeldOutIndex(index, [held], train_head=partial(head_without, settings, index))
+    full, without = index.head(), view.head()
+    assert full is not None and without is not None
+    assert without.info.examples == full.info.examples - 1
+    assert not np.allclose(without.weights[without.row_of["refund"]],
+                           full.weights[full.row_of["refund"]])
+    found = self_calibrate(settings, index)
+    assert found.best is not None
+    weights = {c.stage_settings["head_weight"] for c in found.results if c.stage(HeadStage)}
+    assert weights == {0.25, 0.5, 0.75, 1.0}  # every weight the stage offers was tried
+
+
+def test_a_catalog_too_small_to_calibrate_keeps_its_head_on(tmp_path: Path,
+                                                            index: LabelIndex) -> None:
+    record = shape_record(index)
+    assert record["settings"]["head_weight"] > 0
+    index.save_calibration(record)
+    assert "+head(" in build_pipeline(make_settings(tmp_path), index).retriever.describe()

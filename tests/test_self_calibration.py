@@ -12,13 +12,14 @@ from retrieval.calibration.held_out import HeldOutIndex
 from retrieval.calibration.memo_index import MemoIndex
 from retrieval.calibration.pseudo_queries import PseudoSet, add_copies, build_pseudo_set
 from retrieval.calibration.search import search_settings
+from retrieval.calibration.shape import shape_default
 from retrieval.catalog import Catalog, Label, load_catalog
 from retrieval.fusion import Aggregation
 from retrieval.index import LabelIndex, chroma_client, label_texts, vector_id
 from retrieval.lexical import Lexicon
 from retrieval.retriever import Retriever
 from retrieval.subqueries import SubqueryConfig, SubqueryStage
-from service.factory import build_pipeline, search_space, setting_sources, shape_default
+from service.factory import build_pipeline, search_space, setting_sources
 from service.self_calibration import self_calibrate
 from service.settings import Settings
 from tests.conftest import DATA, make_settings

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
 
 from retrieval.catalog import Label
+from retrieval.head import LabelHead
 from retrieval.index import Hit, LabelIndex, vector_id
 
 HeldOutText = tuple[str, str, str]  # (label id, kind, text) as `label_texts` gives them
@@ -20,12 +21,18 @@ class HeldOutIndex:
     taken out of scope are no answer at all.
 
     It has what the retriever and the stages read (labels, embedder, search, nearest_ids,
-    embeddings).
+    embeddings, head).
     """
 
     def __init__(self, index: LabelIndex, held_out: Iterable[HeldOutText],
-                 per_query: int = 3, out_of_scope: Iterable[str] = ()) -> None:
+                 per_query: int = 3, out_of_scope: Iterable[str] = (),
+                 train_head: Callable[[frozenset[str]], LabelHead | None] | None = None
+                 ) -> None:
         self.base = index
+        # The index's head learned the held-out texts: calibration gets one trained without
+        # them (`train_head(hidden vector ids)`), on first use.
+        self._train_head = train_head
+        self._head: tuple[LabelHead | None] | None = None
         self.embedder = index.embedder
         held = list(held_out)
         self.hidden = frozenset(vector_id(*text) for text in held)
@@ -63,6 +70,14 @@ class HeldOutIndex:
             kept_distances.append([d for _, d in pairs])
         return kept_ids, kept_distances
 
+
+    def head(self) -> LabelHead | None:
+        """A head trained without the held-out texts (None: the index has none)."""
+        if self._head is None:
+            trained = (self._train_head(self.hidden)
+                       if self._train_head and self.base.head() is not None else None)
+            self._head = (trained,)
+        return self._head[0]
 
     def embeddings(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """The base's stored vectors (held-out ones are never asked for: no search finds them)."""

@@ -16,7 +16,7 @@ class MemoIndex:
     seconds the first one took, so every setting still pays what serving it would cost.
 
     `base` is a LabelIndex (or a view of one); this has what the retriever and stages read
-    (labels, embedder, nearest_ids, embeddings). Searches that need hit texts go to the base.
+    (labels, embedder, nearest_ids, embeddings, head). Searches that need hit texts go to the base.
     """
 
     def __init__(self, base: Any) -> None:
@@ -30,6 +30,10 @@ class MemoIndex:
     def labels(self) -> Any:
         """The base's labels."""
         return self.base.labels
+
+    def head(self) -> Any:
+        """The base's learned head, if it has one."""
+        return self.base.head() if hasattr(self.base, "head") else None
 
     def search(self, *args: Any, **kwargs: Any) -> Any:
         """The base's search (with texts or vectors per hit: not remembered)."""
