@@ -1,8 +1,9 @@
 """Token matching over the shortlist (retrieval/late_interaction.py) against sub-queries.
 
 Per dataset, on its report half `b`: today's self-calibrated default, sub-queries (n-grams up
-to 3 words, as LABELRANK_SUBQUERIES=3 sets them), token matching on top of each at every
-weight (label-side MaxSim), and ColBERT's direction (text-side) on the default. RP@5, RP@10,
+to 3 words, as LABELRANK_SUBQUERIES=3 sets them) or the whole text alone (whichever the default
+is not), token matching on top of each at every weight (label-side MaxSim), over a 2x deeper
+pool, and in ColBERT's direction (text-side) on the default. RP@5, RP@10,
 candidate recall@K and texts/s; the weight marked `chosen` is the best RP@10 on half `a`.
 Indexes are built once with `labelrank index` (it self-calibrates) and reused; CLINC150 is
 indexed without its train texts, as a catalog of names only. Test splits are never read.
@@ -90,8 +91,10 @@ def measure(index: LabelIndex, settings: Settings, stages: list[CandidateStage],
             "texts_per_s": len(texts) / seconds}
 
 
-def run(name: str, weights: list[float], top_k: int) -> list[dict]:
-    """Every row of one dataset, measured on half a (for the choice) and half b."""
+def run(name: str, weights: list[float], top_k: int,
+        only: set[str] | None = None) -> list[dict]:
+    """Every row of one dataset (or those of the bases in `only`), measured on half a (for
+    the choice) and half b."""
     spec = SPECS[name]
     index, settings = open_index(spec)
     halves = {h: load_dataset(spec.split, half=h, sample=spec.sample) for h in ("a", "b")}
@@ -105,9 +108,16 @@ def run(name: str, weights: list[float], top_k: int) -> list[dict]:
         return stage
 
     rows: list[tuple[str, Settings, list[CandidateStage], str]] = [
-        ("default (self-calibrated)", settings, build_stages(settings), ""),
-        ("sub-queries n<=3", subqueries, build_stages(subqueries), "")]
-    for base_name, base in (("default", settings), ("sub-queries", subqueries)):
+        ("default (self-calibrated)", settings, build_stages(settings), "")]
+    bases = [("default", settings)]
+    if subqueries != settings:  # else self-calibration chose them: the rows would repeat
+        rows.append(("sub-queries n<=3", subqueries, build_stages(subqueries), ""))
+        bases.append(("sub-queries", subqueries))
+    whole = settings.model_copy(update={"subqueries": 0})
+    if whole != settings:  # can token matching stand in for sub-queries, at a fraction of the cost?
+        rows.append(("whole text (no sub-queries)", whole, build_stages(whole), ""))
+        bases.append(("whole text", whole))
+    for base_name, base in bases:
         rows += [(f"{base_name} + tokens({w:g})", base,
                   with_tokens(build_stages(base), token_stage(w)), f"{base_name}+tokens")
                  for w in weights]
@@ -117,6 +127,7 @@ def run(name: str, weights: list[float], top_k: int) -> list[dict]:
     rows += [(f"default + tokens-text({w:g})", settings,
               with_tokens(build_stages(settings), token_stage(w, "text")), "default+tokens-text")
              for w in weights]
+    rows = [r for r in rows if only is None or r[0].startswith(tuple(only))]
     out = []
     for row, row_settings, stages, family in rows:
         result = {"dataset": name, "row": row, "family": family,
@@ -150,8 +161,10 @@ def main() -> None:
     parser.add_argument("--weights", nargs="+", type=float, default=[0.2, 0.35, 0.5])
     parser.add_argument("--top-k", type=int, default=50)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--only", nargs="+", help="rows whose name starts so, e.g. 'whole text'")
     args = parser.parse_args()
-    rows = [row for name in args.datasets for row in run(name, args.weights, args.top_k)]
+    only = set(args.only) if args.only else None
+    rows = [row for name in args.datasets for row in run(name, args.weights, args.top_k, only)]
     print(table(rows))
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))
