@@ -246,10 +246,13 @@ class LabelIndex(Compaction):
         return self._count
 
     def fingerprint(self) -> dict[str, object]:
-        """What built this index: embedder, dimension and catalog hash."""
+        """What built this index: embedder, dimension, catalog hash and, with a head, when it
+        was trained (a retrained head answers differently: caches and resumed batches see it)."""
         meta = self._vectors.metadata or {}
+        head = self.head()
         return {"embedder": meta.get("embedder"), "dim": meta.get("dim"),
-                "catalog_hash": meta.get("catalog_hash"), "labels": len(self._labels)}
+                "catalog_hash": meta.get("catalog_hash"), "labels": len(self._labels),
+                **({"head_trained_at": head.info.trained_at} if head else {})}
 
     def search(self, vectors: np.ndarray, n: int, with_vectors: bool = False,
                with_texts: bool = True) -> list[list[Hit]]:
