@@ -32,6 +32,7 @@ CANDIDATE_STAGES: dict[str, str] = {
     "subqueries": "retrieval.subqueries:SubqueryStage",
     "lexical": "retrieval.lexical:LexicalStage",
     "head": "retrieval.head:HeadStage",
+    "tokens": "retrieval.late_interaction:TokenMatchStage",
     "branch": "retrieval.branches:BranchStage",
 }
 

@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     # (1: order by the head alone; 0: off); used only when the index holds a trained head.
     # Off until calibration (self, labeled or fit) weighs it against the shortlist without it.
     head_weight: float = Field(0.0, ge=0, le=1)
+    # Token matching (retrieval/late_interaction.py): the weight of a candidate's token-level
+    # match (its name's and aliases' tokens against the text's) in its score; 0 = off.
+    token_match_weight: float = Field(0.0, ge=0, le=1)
     head_train: bool = True  # at the end of `labelrank index`, when labels have examples
     head_mode: Literal["ovr", "softmax"] = "ovr"  # a sigmoid per label, or a shortlist softmax
     head_epochs: int = Field(10, ge=1)

@@ -126,8 +126,16 @@ def test_pooled_vectors_are_embeds_own(embedder: SentenceTransformerEmbedder) ->
     assert np.linalg.norm(tokens[0], axis=1) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_token_vectors_are_reached_through_calibrations_memo(index: LabelIndex) -> None:
-    assert token_embedder(MemoIndex(index).embedder) is index.embedder
+def test_calibrations_memo_encodes_each_text_once_for_its_tokens(index: LabelIndex) -> None:
+    memo = MemoIndex(index)
+    assert token_embedder(memo.embedder) is memo.embedder
+    pooled, tokens = memo.embedder.embed_with_tokens(TEXTS)
+    direct_pooled, direct_tokens = index.embedder.embed_with_tokens(TEXTS)
+    assert pooled == pytest.approx(direct_pooled, abs=1e-6)
+    assert all(np.allclose(a, b, atol=1e-6) for a, b in zip(tokens, direct_tokens, strict=True))
+    charged = memo.charged
+    again = memo.embedder.embed_with_tokens(TEXTS[:1])[1][0]
+    assert again is tokens[0] and memo.charged > charged  # from memory, charged as it cost
     stub = SimpleNamespace(backend="process", embed=index.embedder.embed)
     with pytest.raises(TokenVectorsUnavailable):
         token_embedder(stub)

@@ -87,6 +87,7 @@ class _MemoEmbedder:
         self.owner = owner
         self.name, self.dim, self.backend = base.name, base.dim, base.backend
         self._vectors: dict[str, tuple[np.ndarray, float]] = {}
+        self._tokens: dict[str, tuple[np.ndarray, float]] = {}
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Vectors of `texts`, embedding only the ones not seen before."""
@@ -101,3 +102,19 @@ class _MemoEmbedder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([self._vectors[t][0] for t in texts])
+
+    def embed_with_tokens(self, texts: Sequence[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """`embed` and each text's token vectors (token matching), each text encoded once."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._tokens))
+        if missing:
+            started = time.perf_counter()
+            vectors, tokens = self.base.embed_with_tokens(missing)
+            each = (time.perf_counter() - started) / len(missing)
+            for text, vector, own in zip(missing, vectors, tokens, strict=True):
+                self._tokens[text] = (own, each)
+                self._vectors.setdefault(text, (vector, each))
+        fresh = set(missing)
+        self.owner.charged += sum(self._tokens[t][1] for t in texts if t not in fresh)
+        pooled = (np.stack([self._vectors[t][0] for t in texts]) if texts
+                  else np.zeros((0, self.dim), dtype=np.float32))
+        return pooled, [self._tokens[t][0] for t in texts]
