@@ -23,7 +23,7 @@ import torch
 
 from service.batch.run import BatchOptions, default_chunk_size, run_batch
 from service.engine import open_engine
-from service.indexing import build_or_update
+from service.jobs.indexing import build_or_update
 from service.settings import Settings
 
 CLINC = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "clinc150"

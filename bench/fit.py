@@ -29,7 +29,7 @@ from eval.datasets import Dataset
 from eval.run import EvalConfig, run_eval
 from retrieval.catalog import load_catalog
 from service.engine import open_engine
-from service.fit import FitConfig, fit
+from service.jobs.fit import FitConfig, fit
 from service.settings import Settings
 
 SPECS = {**SPECS, "goemotions": Spec("goemotions", "valid", ["train"]),

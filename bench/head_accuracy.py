@@ -33,7 +33,7 @@ from retrieval.head_train import TrainConfig, train_index_head
 from retrieval.index import LabelIndex
 from retrieval.retriever import Retriever
 from service.factory import build_index
-from service.indexing import index_catalog
+from service.jobs.indexing import index_catalog
 from service.settings import Settings
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"

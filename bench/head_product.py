@@ -39,9 +39,9 @@ from eval.metrics import evaluate
 from retrieval.calibration.scoring import Calibration
 from retrieval.catalog import load_catalog, load_examples
 from service.factory import build_index, build_pipeline, search_space
-from service.indexing import index_catalog, train_head
+from service.jobs.indexing import index_catalog, train_head
+from service.jobs.self_calibration import calibrate_after_index, self_calibrate
 from service.pipeline import ClassifyOptions
-from service.self_calibration import calibrate_after_index, self_calibrate
 from service.settings import Settings
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"

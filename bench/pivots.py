@@ -29,7 +29,7 @@ from eval.datasets import load_dataset
 from eval.run import EvalConfig, run_eval
 from service.engine import open_engine
 from service.factory import build_pipeline
-from service.indexing import index_catalog
+from service.jobs.indexing import index_catalog
 from service.settings import Settings
 
 COLUMNS = ("candidate_recall@K", "accuracy", "in_scope_accuracy", "none_recall")

@@ -27,7 +27,7 @@ from service.batch.merge import merge_parts
 from service.batch.ray_run import RayOptions, RayRun, run_batch_ray
 from service.batch.run import BatchOptions, run_batch
 from service.engine import open_engine
-from service.indexing import build_or_update
+from service.jobs.indexing import build_or_update
 from service.settings import Settings
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"

@@ -88,7 +88,7 @@ def percentiles(values_ms: list[float]) -> dict[str, float]:
 
 def phase_build(args: dict) -> dict:
     """Index the scale catalog as `labelrank index` does."""
-    from service.indexing import index_catalog
+    from service.jobs.indexing import index_catalog
 
     catalog = scale_catalog(args["labels"], args["per_label"])
     report, seconds = index_catalog(settings_for(Path(args["db"]), args["backend"]), catalog)

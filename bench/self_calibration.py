@@ -32,7 +32,7 @@ from eval.datasets import Dataset, load_dataset
 from eval.run import EvalConfig, run_eval
 from service.engine import open_engine
 from service.factory import CALIBRATED_FIELDS, build_index, build_pipeline
-from service.self_calibration import self_calibrate, shape_record
+from service.jobs.self_calibration import self_calibrate, shape_record
 from service.settings import Settings
 
 DATASETS = ("esco-tech", "esco-house", "clinc150", "banking77", "hwu64", "nlupp", "codiesp")

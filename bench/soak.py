@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.load import CATALOG, free_port, start_server  # noqa: E402
-from service.indexing import build_or_update  # noqa: E402
+from service.jobs.indexing import build_or_update  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.fake_openai import FakeOpenAI, Reply, with_faults  # noqa: E402
 

@@ -81,7 +81,7 @@ def calibrate(
     from eval.calibrate import format_calibrations, labeled_record
     from eval.datasets import load_dataset
     from service.engine import open_engine
-    from service.self_calibration import self_calibrate, summary
+    from service.jobs.self_calibration import self_calibrate, summary
 
     if (dataset is None) == (not self_):
         raise typer.BadParameter("give a labeled DATASET or --self, not both")

@@ -72,9 +72,11 @@ def test_info_shows_what_is_in_effect(db: Path) -> None:
     info = json.loads(done.stdout)
     assert info["index"]["embedder"] == "all-MiniLM-L6-v2" and info["assignable_labels"] == 6
     # Six labels are too few to calibrate on themselves: the catalog's shape chose (three
-    # examples per label: reciprocal rank over 3 hits), and info says so per setting.
-    assert info["retrieval"] == "rrf(k=1,m=3)" and info["calibration"]["source"] == "shape"
-    assert info["settings_from"]["aggregation"] == "shape"
+    # examples per label: reciprocal rank over 3 hits, and the head trained on them mixed in),
+    # and info says so per setting.
+    assert info["retrieval"] == "rrf(k=1,m=3)+head(w=0.5)"
+    assert info["calibration"]["source"] == "shape" and info["head"]["on"]
+    assert info["settings_from"]["aggregation"] == info["settings_from"]["head_weight"] == "shape"
     assert info["settings_from"]["threshold"] == "default"
     assert info["embedder_backend"] == "onnx"  # the default runtime
 

@@ -12,7 +12,7 @@ from retrieval.calibration.splits import holdout
 from retrieval.embedder import DEFAULT_MODEL
 from retrieval.index import PROTOTYPE
 from service.engine import open_engine
-from service.fit import WORK_DIR, FitConfig, FitReport, fit, none_share_for
+from service.jobs.fit import WORK_DIR, FitConfig, FitReport, fit, none_share_for
 from service.pipeline import ClassifyOptions
 from tests.conftest import make_settings
 

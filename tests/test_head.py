@@ -24,8 +24,8 @@ from retrieval.head_train import TrainConfig, fit_head
 from retrieval.index import LabelIndex, chroma_client
 from retrieval.retriever import Retriever
 from service.factory import build_pipeline
-from service.indexing import describe_head, train_head
-from service.self_calibration import head_without, self_calibrate, shape_record
+from service.jobs.indexing import describe_head, train_head
+from service.jobs.self_calibration import head_without, self_calibrate, shape_record
 from tests.conftest import MINI_CATALOG, make_settings
 
 EXAMPLES = {

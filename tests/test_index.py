@@ -16,7 +16,7 @@ from retrieval.errors import CatalogError, EmptyIndexError, IndexMismatchError, 
 from retrieval.index import LabelIndex, chroma_client, label_of, label_texts, vector_id
 from retrieval.journal import Journal
 from service.factory import build_index, build_pipeline
-from service.indexing import build_or_update
+from service.jobs.indexing import build_or_update
 from service.pipeline import ClassifyOptions
 from service.settings import Settings
 from tests.conftest import MINI_CATALOG, make_settings

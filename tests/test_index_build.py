@@ -12,7 +12,7 @@ from retrieval.index import LabelIndex, chroma_client
 from retrieval.pivots import choose_pivots
 from retrieval.process_embedder import ProcessEmbedder
 from service.factory import build_index, embedder_factory
-from service.indexing import index_catalog
+from service.jobs.indexing import index_catalog
 from tests.conftest import make_settings
 
 WORDS = ["red", "green", "blue", "amber", "violet", "black", "white", "grey", "pink", "teal"]

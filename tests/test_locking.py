@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from eval.cli import app
 from retrieval.embedder import Embedder
 from retrieval.index import LabelIndex, chroma_client
-from service.indexing import build_or_update
+from service.jobs.indexing import build_or_update
 from service.locking import LOCK_NAME, DirectoryBusyError
 from tests.conftest import MINI_CATALOG, free_port, make_settings, wait_http
 from tests.test_state import ROOT, synthetic_catalog

@@ -20,7 +20,7 @@ from retrieval.lexical import Lexicon
 from retrieval.retriever import Retriever
 from retrieval.subqueries import SubqueryConfig, SubqueryStage
 from service.factory import build_pipeline, search_space, setting_sources
-from service.self_calibration import self_calibrate
+from service.jobs.self_calibration import self_calibrate
 from service.settings import Settings
 from tests.conftest import DATA, make_settings
 

@@ -50,7 +50,7 @@ def demo(
 ) -> None:
     """Index the bundled demo catalog and classify the demo texts."""
     from service.engine import open_engine
-    from service.indexing import build_or_update
+    from service.jobs.indexing import build_or_update
     from service.pipeline import ClassifyOptions
     from service.results import ClassifyResult
 

@@ -33,8 +33,8 @@ def fit(
         help="Only settings at least this fast are chosen.")] = 0.0,
 ) -> None:
     """Tune the embedder (kept only if it wins on dev), index with prototypes, calibrate."""
-    from service.fit import FitConfig
-    from service.fit import fit as run_fit
+    from service.jobs.fit import FitConfig
+    from service.jobs.fit import fit as run_fit
 
     config = FitConfig(minutes=minutes, none_share=none_share, dev_share=dev_share,
                        max_pairs=max_pairs, min_texts_per_s=min_texts_per_s)

@@ -27,9 +27,9 @@ def index(
     catalog calibrate the retrieval settings (LABELRANK_SELF_CALIBRATION_TEXTS=0: off)."""
     from retrieval.catalog import SkippedRow
     from service.factory import build_index
-    from service.indexing import build_or_update, train_head
+    from service.jobs.indexing import build_or_update, train_head
+    from service.jobs.self_calibration import calibrate_after_index
     from service.locking import writing
-    from service.self_calibration import calibrate_after_index
 
     settings = settings_from(db)
     skipped: list[SkippedRow] | None = None if strict else []
@@ -59,7 +59,7 @@ def index(
 def info(db: DbOpt = None) -> None:
     """Show what an index holds and the retrieval settings in effect (calibration included)."""
     from service.engine import open_engine
-    from service.indexing import describe_head
+    from service.jobs.indexing import describe_head
 
     engine = open_engine(settings_from(db))
     head = describe_head(engine.settings, engine.index)

@@ -17,7 +17,7 @@ from retrieval.head import LabelHead
 from retrieval.head_train import fit_index_head
 from retrieval.index import LabelIndex
 from service.factory import search_space
-from service.indexing import head_config
+from service.jobs.indexing import head_config
 from service.settings import Settings
 
 # Fewer pseudo-queries than this say nothing a threshold could be fitted to.

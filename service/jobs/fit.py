@@ -25,7 +25,7 @@ from retrieval.errors import LabelrankError
 from retrieval.index import LabelIndex, chroma_client, drop_index
 from retrieval.tune.train import PROVENANCE_FILE, TuneConfig, tune
 from service.factory import build_index, search_space
-from service.indexing import index_catalog, train_head
+from service.jobs.indexing import index_catalog, train_head
 from service.locking import writing
 from service.settings import Settings
 
