@@ -51,9 +51,11 @@ def _bucket(key: str, salt: str) -> int:
     return hashlib.sha1(f"{salt}:{key}".encode()).digest()[0]
 
 
-def prepared(name: str, root: Path, max_train: int) -> tuple[Path, Path]:
+def prepared(name: str, root: Path, max_train: int, data: Path) -> tuple[Path, Path]:
     """(train, valid) files for the set: its own, or a fifth of train as valid."""
-    train, valid = DATA / name / "train.jsonl", DATA / name / "valid.jsonl"
+    train, valid = data / name / "train.jsonl", data / name / "valid.jsonl"
+    if not train.is_file():
+        raise SystemExit(f"{train} not found: pass --data DIR (the shared datasets folder)")
     lines = train.read_text().splitlines()
     own_valid = valid.is_file()
     kept, held = [], []
@@ -144,11 +146,11 @@ def reference(train: Path, catalog, settings: Settings, dev: Dataset, report: Da
     return {"f1_samples": f1(rep_p, rep_gold, best), "fit_s": fit_s}
 
 
-def run(name: str, root: Path, max_train: int) -> dict[str, object]:
+def run(name: str, root: Path, max_train: int, data: Path) -> dict[str, object]:
     """Every row of one set."""
-    train, valid = prepared(name, root, max_train)
+    train, valid = prepared(name, root, max_train, data)
     settings = Settings(_env_file=None, db=root / name / "db")
-    catalog = load_catalog(DATA / name / "catalog.jsonl")
+    catalog = load_catalog(data / name / "catalog.jsonl")
     catalog = catalog.with_examples(load_examples(train, catalog, []))
     dev, report = load_dataset(valid, half="a"), load_dataset(valid, half="b")
     single = all(len(ex.labels) <= 1 for ex in dev.examples + report.examples)
@@ -183,9 +185,10 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("/tmp/labelrank-head-product"))
     parser.add_argument("--max-train", type=int, default=16_000)
     parser.add_argument("--out", type=Path, default=None, help="Also write JSON lines here.")
+    parser.add_argument("--data", type=Path, default=DATA, help="The shared datasets folder.")
     args = parser.parse_args()
     for name in args.datasets:
-        rows = run(name, args.root, args.max_train)
+        rows = run(name, args.root, args.max_train, args.data)
         line = json.dumps(rows, default=lambda v: round(v, 4) if isinstance(v, float) else v)
         print(line, flush=True)
         if args.out:
