@@ -29,11 +29,11 @@ from sklearn.preprocessing import MultiLabelBinarizer
 from retrieval.catalog import load_catalog, load_examples
 from retrieval.fusion import Aggregation
 from retrieval.head import HeadStage
-from retrieval.head_train import TrainConfig, train_index_head
+from retrieval.head_train import train_index_head
 from retrieval.index import LabelIndex
 from retrieval.retriever import Retriever
 from service.factory import build_index
-from service.jobs.indexing import index_catalog
+from service.jobs.indexing import head_config, index_catalog
 from service.settings import Settings
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -155,7 +155,8 @@ def run(folder: str, root: Path, modes: list[str], weights: list[float]) -> None
     print(json.dumps({"set": folder, **measure("retrieval", scored(shortlists), data, dev,
                                                report)}), flush=True)
     for mode in modes:
-        info = train_index_head(index, replace(TrainConfig(), mode=mode))  # type: ignore[arg-type]
+        info = train_index_head(index, replace(head_config(Settings(_env_file=None)),
+                                                mode=mode))  # type: ignore[arg-type]
         assert info is not None
         print(f"# {folder}: head {mode}: {info.examples} examples, {info.labels} labels, "
               f"{info.epochs} epochs, {info.seconds} s (not a timing: shared cores)", flush=True)

@@ -21,6 +21,8 @@ from dataclasses import replace
 import numpy as np
 
 from retrieval.head_train import TrainConfig, fit_head
+from service.jobs.indexing import head_config
+from service.settings import Settings
 
 DIM = 384
 
@@ -67,11 +69,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--labels", type=int, nargs="+", default=[1000, 3000, 30000])
     parser.add_argument("--examples", type=int, default=20, help="per label")
-    parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    parser.add_argument("--max-seconds", type=float, default=TrainConfig.max_seconds)
-    parser.add_argument("--mode", choices=["ovr", "softmax"], default=TrainConfig.mode)
+    defaults = head_config(Settings(_env_file=None))
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--max-seconds", type=float, default=defaults.max_seconds)
+    parser.add_argument("--mode", choices=["ovr", "softmax"], default=defaults.mode)
     args = parser.parse_args()
-    config = replace(TrainConfig(), epochs=args.epochs, max_seconds=args.max_seconds,
+    config = replace(defaults, epochs=args.epochs, max_seconds=args.max_seconds,
                      mode=args.mode)
     context = multiprocessing.get_context("spawn")
     for labels in args.labels:

@@ -24,11 +24,12 @@ class TrainConfig:
     """What training may spend and how it samples; the same config and data give the same head
     when `epochs`, not `max_seconds`, ends it."""
 
-    mode: Mode = "ovr"
-    epochs: int = 10
-    max_seconds: float = 120.0
-    hard_negatives: int = 15
-    random_negatives: int = 5
+    # Settings' "Learned head" fields hold these defaults (service.jobs.indexing.head_config).
+    mode: Mode
+    epochs: int
+    max_seconds: float
+    hard_negatives: int
+    random_negatives: int
     label_neighbours: int = 50  # prototypes near a label's: where its examples' hard negatives are
     batch_size: int = 256
     learning_rate: float = 0.02
@@ -52,7 +53,7 @@ class Fitted:
 
 
 def fit_head(vectors: np.ndarray, label_sets: Sequence[Sequence[int]], n_labels: int,
-             config: TrainConfig = TrainConfig()) -> Fitted:
+             config: TrainConfig) -> Fitted:
     """Fit one weight and bias per label number on unit `vectors`, each with its label numbers
     (several for a multi-label text)."""
     import torch
@@ -262,7 +263,7 @@ def _similarity_map(x: np.ndarray, positives: np.ndarray, hard: np.ndarray, w: n
     return float(a), float(c)
 
 
-def train_index_head(index: LabelIndex, config: TrainConfig = TrainConfig()) -> HeadInfo | None:
+def train_index_head(index: LabelIndex, config: TrainConfig) -> HeadInfo | None:
     """Train on the example texts the index holds and save the head with it; None (nothing
     saved) when fewer than two assignable labels have examples."""
     fitted = fit_index_head(index, config)
@@ -272,7 +273,7 @@ def train_index_head(index: LabelIndex, config: TrainConfig = TrainConfig()) -> 
     return fitted[0]
 
 
-def fit_index_head(index: LabelIndex, config: TrainConfig = TrainConfig(),
+def fit_index_head(index: LabelIndex, config: TrainConfig,
                    skip: Container[str] = frozenset()
                    ) -> tuple[HeadInfo, dict[str, HeadRow]] | None:
     """A head trained on the example vectors the index holds, except the vector ids in `skip`

@@ -202,7 +202,7 @@ def test_training_is_deterministic_and_both_modes_learn_multi_label_sets() -> No
         vectors.append(point / np.linalg.norm(point))
         label_sets.append(labels)
     x = np.array(vectors, dtype=np.float32)
-    config = TrainConfig(epochs=5, hard_negatives=2, random_negatives=1)
+    config = TrainConfig("ovr", epochs=5, max_seconds=60.0, hard_negatives=2, random_negatives=1)
     first, again = fit_head(x, label_sets, 4, config), fit_head(x, label_sets, 4, config)
     np.testing.assert_array_equal(first.weights, again.weights)
     for mode in ("ovr", "softmax"):
