@@ -86,16 +86,7 @@ def fit(settings: Settings, catalog_path: Path, example_paths: Sequence[Path],
     work.mkdir(parents=True, exist_ok=True)
     state = _State(work / "state.json")
     with _stage(report, "split", progress):
-        catalog, rows = _without_examples(load_catalog(catalog_path))
-        skipped: list[SkippedRow] = []
-        rows += [row for path in example_paths for row in load_labelled(path, catalog, skipped)]
-        report.skipped_rows = [str(s) for s in skipped]
-        train, dev = _split(rows, catalog, dev_path, config.dev_share, skipped)
-        report.train_texts, report.dev_texts = len(train), len(dev)
-        # A dev file is the user's sample of traffic; a split holds every out-of-scope row,
-        # so the traffic's share is that of all the examples.
-        traffic = dev if dev_path is not None else rows
-        report.none_share = none_share_for(dev, traffic, config.none_share)
+        catalog, train, dev = _inputs(catalog_path, example_paths, dev_path, config, report)
     run_key = _digest({"catalog": catalog.fingerprint(), "train": train, "dev": dev,
                        "config": asdict(config), "embedder": settings.embedder,
                        "none_share": report.none_share})
@@ -103,30 +94,20 @@ def fit(settings: Settings, catalog_path: Path, example_paths: Sequence[Path],
         done = FitReport(**json.loads((work / "report.json").read_text()))
         done.reused, done.seconds = ["everything: the inputs are those of the last run"], {}
         return done
+    trials = _Trials(settings, _with_examples(catalog, train), dev, config, report, progress)
+    base, base_cal = trials.candidate("base", work / "base-db", settings.embedder)
+    report.base = _figures(base_cal)
+    model_dir = work / "model"
     examples_key = _digest({"rows": train, "base": settings.embedder,
                             "tuning": [config.epochs, config.learning_rate, config.batch_size,
                                        config.max_pairs]})
-    indexed = _with_examples(catalog, train)
-    def candidate(name: str, db: Path, embedder: str) -> tuple[LabelIndex, Calibration]:
-        """Index with one model in the work directory, then calibrate on the dev split."""
-        with _stage(report, f"index ({name})", progress):
-            where = _candidate(settings, db, embedder)
-            index_catalog(where, indexed)
-            index = build_index(where)
-            _train_head(where, index, report)
-        with _stage(report, f"calibrate ({name})", progress):
-            return index, _calibrate(settings, index, dev, report.none_share, config)
-
-    base, base_cal = candidate("base", work / "base-db", settings.embedder)
-    report.base = _figures(base_cal)
-    model_dir = work / "model"
     with _stage(report, "tune", progress):
         if state.get("tuned_for") == examples_key and (model_dir / PROVENANCE_FILE).is_file():
             report.reused.append("tune")
         else:
             _retune(base, train, work, model_dir, config)
             state.set("tuned_for", examples_key)
-    _, tuned_cal = candidate("tuned", work / "tuned-db", str(model_dir))
+    _, tuned_cal = trials.candidate("tuned", work / "tuned-db", str(model_dir))
     report.tuned = _figures(tuned_cal)
     keep = tuned_cal.value > base_cal.value + TUNE_MARGIN
     report.model = "tuned" if keep else "base"
@@ -134,17 +115,8 @@ def fit(settings: Settings, catalog_path: Path, example_paths: Sequence[Path],
                   f"{tuned_cal.value:.4f}: the tuned model "
                   + ("wins" if keep else f"does not win by more than {TUNE_MARGIN}"))
     best = tuned_cal if keep else base_cal
-    final_settings = settings.model_copy(update={
-        "embedder": str(model_dir) if keep else settings.embedder, "prototypes": True})
     with _stage(report, "index (final)", progress):
-        if state.get("final_embedder") not in (None, final_settings.embedder):
-            # Another model won last time: its vectors cannot stay beside this one's.
-            drop_index(chroma_client(settings.db, settings.chroma_host, settings.chroma_port),
-                       settings.collection)
-        index_catalog(final_settings, indexed)
-        state.set("final_embedder", final_settings.embedder)
-        final = build_index(final_settings)
-        _train_head(final_settings, final, report)  # on the kept model's embeddings
+        final = trials.final(str(model_dir) if keep else settings.embedder, state)
     dev_set = {"name": "fit dev split", "n": len(dev), "sha256": _digest(dev),
                "none_share": report.none_share}
     final.save_calibration(calibration_record(best, "labeled", dev_set))
@@ -154,16 +126,65 @@ def fit(settings: Settings, catalog_path: Path, example_paths: Sequence[Path],
     return report
 
 
+def _inputs(catalog_path: Path, example_paths: Sequence[Path], dev_path: Path | None,
+            config: FitConfig, report: FitReport) -> tuple[Catalog, Rows, Rows]:
+    """The catalog without its examples, and every example row split into (train, dev); the
+    report gets the counts, the skipped rows and the out-of-scope share to calibrate for."""
+    catalog, rows = _without_examples(load_catalog(catalog_path))
+    skipped: list[SkippedRow] = []
+    rows += [row for path in example_paths for row in load_labelled(path, catalog, skipped)]
+    report.skipped_rows = [str(s) for s in skipped]
+    train, dev = _split(rows, catalog, dev_path, config.dev_share, skipped)
+    report.train_texts, report.dev_texts = len(train), len(dev)
+    # A dev file is the user's sample of traffic; a split holds every out-of-scope row, so
+    # the traffic's share is that of all the examples.
+    traffic = dev if dev_path is not None else rows
+    report.none_share = none_share_for(dev, traffic, config.none_share)
+    return catalog, train, dev
+
+
+@dataclass
+class _Trials:
+    """The indexes fit builds: one per candidate model in its work directory, then the final."""
+
+    settings: Settings
+    indexed: Catalog  # the catalog with the train examples
+    dev: Rows
+    config: FitConfig
+    report: FitReport
+    progress: Progress
+
+    def candidate(self, name: str, db: Path, embedder: str) -> tuple[LabelIndex, Calibration]:
+        """Index with one model in the work directory (always embedded, never a server), then
+        calibrate on the dev split."""
+        with _stage(self.report, f"index ({name})", self.progress):
+            where = self.settings.model_copy(update={"db": db, "chroma_host": None,
+                                                     "embedder": embedder, "prototypes": True})
+            index_catalog(where, self.indexed)
+            index = build_index(where)
+            _train_head(where, index, self.report)
+        with _stage(self.report, f"calibrate ({name})", self.progress):
+            return index, _calibrate(self.settings, index, self.dev, self.report.none_share,
+                                     self.config)
+
+    def final(self, embedder: str, state: _State) -> LabelIndex:
+        """The user's index with the kept model, prototypes and a head on its embeddings."""
+        settings = self.settings.model_copy(update={"embedder": embedder, "prototypes": True})
+        if state.get("final_embedder") not in (None, embedder):
+            # Another model won last time: its vectors cannot stay beside this one's.
+            drop_index(chroma_client(settings.db, settings.chroma_host, settings.chroma_port),
+                       settings.collection)
+        index_catalog(settings, self.indexed)
+        state.set("final_embedder", embedder)
+        final = build_index(settings)
+        _train_head(settings, final, self.report)
+        return final
+
+
 def _train_head(settings: Settings, index: LabelIndex, report: FitReport) -> None:
     """Train the index's head (or keep an up-to-date one), as `labelrank index` does."""
     with writing(settings, "index"):
         report.head.append(train_head(settings, index))
-
-
-def _candidate(settings: Settings, db: Path, embedder: str) -> Settings:
-    """Settings of a candidate index in the work directory (always embedded, never a server)."""
-    return settings.model_copy(update={"db": db, "chroma_host": None, "embedder": embedder,
-                                       "prototypes": True})
 
 
 def _split(rows: Rows, catalog: Catalog, dev_path: Path | None, share: float,
