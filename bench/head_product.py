@@ -42,6 +42,7 @@ from service.factory import build_index, build_pipeline, search_space
 from service.jobs.indexing import index_catalog, train_head
 from service.jobs.self_calibration import calibrate_after_index, self_calibrate
 from service.pipeline import ClassifyOptions
+from service.results import ClassifyResult
 from service.settings import Settings
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -81,12 +82,16 @@ def product_eval(settings: Settings, data: Dataset, single: bool) -> dict[str, f
     outcomes = pipeline.classify_batch(texts, ClassifyOptions(mode="retrieval"))
     seconds = time.perf_counter() - started
     gold = [list(ex.labels) for ex in data.examples]
-    predicted = [[s.id for s in o.labels] for o in outcomes]
-    ranked = [[s.id for s in o.candidates] for o in outcomes]
-    top = [max((s.similarity or 0.0 for s in o.candidates), default=0.0) for o in outcomes]
+    # A text the pipeline refuses (empty, too long) counts as answered with nothing.
+    answered = [o if isinstance(o, ClassifyResult) else None for o in outcomes]
+    predicted = [[s.id for s in o.labels] if o else [] for o in answered]
+    ranked = [[s.id for s in o.candidates] if o else [] for o in answered]
+    top = [max((s.similarity or 0.0 for s in o.candidates), default=0.0) if o else 0.0
+           for o in answered]
     figures = evaluate(gold, predicted, ranked, candidate_k=30)
-    row = {"f1_samples": figures["f1_samples"], "candidate_recall@30":
-           figures.get("candidate_recall@30", float("nan")), "texts_per_s": len(texts) / seconds,
+    row = {"errors": answered.count(None), "f1_samples": figures["f1_samples"],
+           "candidate_recall@30": figures.get("candidate_recall@30", float("nan")),
+           "texts_per_s": len(texts) / seconds,
            "retrieval": pipeline.retriever.describe()}
     if single:
         in_scope = [i for i, g in enumerate(gold) if g]
