@@ -196,7 +196,12 @@ def kill_mid_shard(driver: threading.Thread) -> None:
         for name in ray.util.list_named_actors():
             if name.startswith("labelrank-batch-"):
                 actor = ray.get_actor(name)
-                now = ray.get(actor.progress.remote(), timeout=10)
+                try:
+                    now = ray.get(actor.progress.remote(), timeout=10)
+                except ray.exceptions.GetTimeoutError:
+                    # A worker still loading the embedder at Ray's niceness 15 on a busy machine
+                    # can take longer to answer (seen with the cores shared): ask again.
+                    continue
                 if now is not None and 4 <= now[1] < 12:
                     ray.kill(actor, no_restart=False)
                     return
