@@ -243,7 +243,7 @@ class HeadStage:
     @classmethod
     def space(cls, index: Any) -> dict[str, tuple[object, ...]]:
         """Weights worth trying, on an index that holds a head."""
-        has_head = hasattr(index, "head") and index.head() is not None
+        has_head = index.head() is not None
         return {"head_weight": (0.25, 0.5, 0.75, 1.0)} if has_head else {}
 
     def describe(self, method: str) -> str:
@@ -254,7 +254,7 @@ class HeadStage:
               pool_k: int) -> Shortlists:
         """Score each chunk of texts' pools with the head in one matrix product, reorder."""
         assert pools is not None, "the head rescores aggregated pools"
-        head = index.head() if hasattr(index, "head") else None  # views may have none
+        head = index.head()
         if head is None:
             return pools
         vectors = np.asarray(search.vectors, dtype=np.float32)

@@ -34,16 +34,13 @@ class TokenVectorsUnavailable(LabelrankError):
 
 
 def token_embedder(embedder: Any) -> TokenEmbedder:
-    """The embedder, or the one a view wraps (calibration's memo), that returns token vectors."""
-    found = embedder
-    while found is not None and not hasattr(found, "embed_with_tokens"):
-        found = getattr(found, "base", None)
-    if found is None:
+    """The embedder, when it returns token vectors (calibration's memo does, remembered)."""
+    if not hasattr(embedder, "embed_with_tokens"):
         raise TokenVectorsUnavailable(
             f"token matching needs token vectors, which the {embedder.backend!r} embedder "
             "does not return; use the onnx or torch backend or set token_match_weight to 0",
             backend=embedder.backend)
-    return found
+    return embedder
 
 
 def label_phrases(label: Label) -> tuple[str, ...]:

@@ -93,10 +93,10 @@ class Retriever:
             search = search.first(depth)
         how = aggregation or self.aggregation
         pools: Shortlists | None = None  # a rescoring stage scores the raw hits itself
-        if not any(s.rescores for s in stages) and isinstance(search.found, Neighbours):
-            pools = fuse(search.found, how, pool_k, self._allowed_mask(search.allowed))
-        elif not any(s.rescores for s in stages):
-            pools = [aggregate(h, how, pool_k, search.allowed) for h in search.found]
+        if not any(s.rescores for s in stages):
+            pools = (fuse(search.found, how, pool_k, self._allowed_mask(search.allowed))
+                     if isinstance(search.found, Neighbours)
+                     else [aggregate(h, how, pool_k, search.allowed) for h in search.found])
         for stage in stages:
             pools = stage.apply(self.index, search, pools, pool_k)
         assert pools is not None

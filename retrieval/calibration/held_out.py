@@ -70,7 +70,6 @@ class HeldOutIndex:
             kept_distances.append([d for _, d in pairs])
         return kept_ids, kept_distances
 
-
     def head(self) -> LabelHead | None:
         """A head trained without the held-out texts (None: the index has none)."""
         if self._head is None:

@@ -33,7 +33,7 @@ class MemoIndex:
 
     def head(self) -> Any:
         """The base's learned head, if it has one."""
-        return self.base.head() if hasattr(self.base, "head") else None
+        return self.base.head()
 
     def search(self, *args: Any, **kwargs: Any) -> Any:
         """The base's search (with texts or vectors per hit: not remembered)."""
