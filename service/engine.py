@@ -34,14 +34,19 @@ class Engine:
         """What the index holds and the retrieval in effect (the `labelrank info` answer)."""
         index = self.index
         pipeline = self.pipeline
+        assignable = [lid for lid, label in index.labels.items() if label.assignable]
+        head = index.head()
         return {
             "db": str(self.settings.chroma_host or self.settings.db),
             "index": index.fingerprint(), "embedder_backend": index.embedder.backend,
-            "assignable_labels": sum(lab.assignable for lab in index.labels.values()),
+            "assignable_labels": len(assignable),
             "vectors": index.vector_count(), "retrieval": pipeline.retriever.describe(),
             "top_k": pipeline.top_k, "threshold": pipeline.threshold.__dict__,
             "calibration": index.calibration(), "settings_from": self.sources,
             "llm": pipeline.selector is not None,
+            # on or off, when, on which model, how many labels it scores without a weight
+            "head": ({**head.describe(assignable, self.settings.head_weight), "trained": True}
+                     if head else {"on": False, "trained": False}),
         }
 
 

@@ -23,8 +23,9 @@ from retrieval.head import HeadStage
 from retrieval.head_train import TrainConfig, fit_head
 from retrieval.index import LabelIndex, chroma_client
 from retrieval.retriever import Retriever
+from service.engine import open_engine
 from service.factory import build_pipeline
-from service.jobs.indexing import describe_head, train_head
+from service.jobs.indexing import train_head
 from service.jobs.self_calibration import head_without, self_calibrate, shape_record
 from tests.conftest import MINI_CATALOG, make_settings
 
@@ -124,7 +125,7 @@ def test_a_label_added_after_training_is_answered_and_counted_new(index: LabelIn
         "can I trade cryptocurrency here")))
     assert status(index) == (6, 1, 0, 0)
     assert top(index, ["I would like to buy some bitcoin"]) == ["crypto"]
-    assert describe_head(make_settings(Path("unused")), index)["untrained"] == {
+    assert open_engine(make_settings(Path("unused")), index).describe()["head"]["untrained"] == {
         "new": 1, "stale": 0, "no_examples": 0}
 
 
@@ -189,7 +190,8 @@ def test_a_catalog_without_examples_builds_no_head(tmp_path: Path, embedder: Emb
     texts = ["my kitten bites", "when is the tax return due"]
     with_stage = Retriever(index, RRF, stages=[HeadStage(0.5)]).candidates(texts, 5)
     assert with_stage == Retriever(index, RRF).candidates(texts, 5)
-    assert describe_head(make_settings(tmp_path), index) == {"on": False, "trained": False}
+    head = open_engine(make_settings(tmp_path), index).describe()["head"]
+    assert head == {"on": False, "trained": False}
 
 
 def test_training_is_deterministic_and_both_modes_learn_multi_label_sets() -> None:

@@ -59,11 +59,8 @@ def index(
 def info(db: DbOpt = None) -> None:
     """Show what an index holds and the retrieval settings in effect (calibration included)."""
     from service.engine import open_engine
-    from service.jobs.indexing import describe_head
 
-    engine = open_engine(settings_from(db))
-    head = describe_head(engine.settings, engine.index)
-    typer.echo(json.dumps({**engine.describe(), "head": head}, indent=2))
+    typer.echo(json.dumps(open_engine(settings_from(db)).describe(), indent=2))
 
 
 def register(app: typer.Typer) -> None:

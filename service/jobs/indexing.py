@@ -76,15 +76,6 @@ def train_head(settings: Settings, index: LabelIndex) -> str:
             f"{info.seconds:.1f} s ({info.epochs} epochs, {info.mode})")
 
 
-def describe_head(settings: Settings, index: LabelIndex) -> dict[str, object]:
-    """The head's part of `labelrank info`: on or off, when, on which model, coverage."""
-    head = index.head()
-    if head is None:
-        return {"on": False, "trained": False}
-    assignable = [lid for lid, label in index.labels.items() if label.assignable]
-    return {**head.describe(assignable, settings.head_weight), "trained": True}
-
-
 def _with_pivots(catalog: Catalog, embedder: Embedder, cap: int) -> tuple[Catalog, int]:
     over = sum(len(label.examples) > cap for label in catalog.labels.values())
     with tqdm(total=over, unit="label", desc="choosing pivots", leave=False,
