@@ -63,7 +63,7 @@ def _raw_ids(content: str) -> list[str]:
     text = (content or "").strip()
     if not text:
         raise InvalidAnswer("empty answer")
-    data = _load_json(text)
+    data = load_json(text)
     if data is None:
         ids = _SLOT.findall(text)
         if ids or text.casefold().strip(" .") in {"none", "none of these", "[]"}:
@@ -76,7 +76,8 @@ def _raw_ids(content: str) -> list[str]:
     return data
 
 
-def _load_json(text: str) -> object | None:
+def load_json(text: str) -> object | None:
+    """`text` as JSON, or the first {...} inside it as JSON; None when neither parses."""
     for candidate in (text, *(m.group(0) for m in [_OBJECT.search(text)] if m)):
         try:
             return json.loads(candidate)

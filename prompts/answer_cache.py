@@ -12,7 +12,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 from prompts.render import Option
-from prompts.selector import DIALECTS, LLMSelector, Selection, Usage
+from prompts.selector import DIALECTS, LLMSelector, ResponseFormat, Selection, Usage
 
 # Where eval and batch labeling keep their caches unless told otherwise (`--no-cache`: none).
 CACHE_DIR = Path(".labelrank-cache")
@@ -72,23 +72,40 @@ class CachedSelector:
     def select(self, text: str, options: Sequence[Option], max_labels: int) -> Selection:
         """A cached answer, or a real call whose successful answer is then cached."""
         rendered = self.inner.prompt(text, options, max_labels)
-        configured = self.inner.config.response_format
-        # The body in the first dialect the configuration asks for, not the one learnt since:
-        # a new run (which starts from that dialect) finds what an earlier run stored.
-        body = self.inner.request(rendered, DIALECTS[0] if configured == "auto" else configured)
-        key = cache_key("llm", str(self.inner.client.base_url), configured, body,
-                        rendered.slots, max_labels)
-        hit = self.store.get_many([key])
-        if hit:
-            selection = _stored_selection(json.loads(hit[key]))
-            with self._lock:
-                self.hits += 1
-                self.saved = self.saved + selection.usage
-            return selection
+        key = self.key("llm", self.inner.request(rendered, self.first_dialect()),
+                       rendered.slots, max_labels)
+        if (record := self.recall(key)) is not None:
+            return _stored_selection(record)
         selection = self.inner.select(text, options, max_labels)
-        self.store.put_many({key: json.dumps({**asdict(selection),
-                                              "usage": selection.usage.model_dump()})})
+        self.keep(key, {**asdict(selection), "usage": selection.usage.model_dump()})
         return selection
+
+    def first_dialect(self) -> ResponseFormat:
+        """The first dialect the configuration asks for, not the one learnt since: a new run
+        (which starts from that dialect) finds what an earlier run stored."""
+        configured = self.inner.config.response_format
+        return DIALECTS[0] if configured == "auto" else configured
+
+    def key(self, kind: str, body: dict, *parts: object) -> str:
+        """The cache key of a request body (and what reading its answer depends on)."""
+        return cache_key(kind, str(self.inner.client.base_url),
+                         self.inner.config.response_format, body, *parts)
+
+    def recall(self, key: str) -> dict | None:
+        """The stored record of an answer, counted as a hit that saved the tokens it had cost;
+        None when there is none."""
+        hit = self.store.get_many([key])
+        if not hit:
+            return None
+        record = json.loads(hit[key])
+        with self._lock:
+            self.hits += 1
+            self.saved = self.saved + Usage(**record["usage"])
+        return record
+
+    def keep(self, key: str, record: dict) -> None:
+        """Store a successful answer's record."""
+        self.store.put_many({key: json.dumps(record)})
 
 
 _SELECTION_FIELDS = frozenset(f.name for f in fields(Selection))

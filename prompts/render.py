@@ -60,7 +60,7 @@ def render(template: PromptTemplate, text: str, options: Sequence[Option], max_l
            description_chars: int = 200) -> RenderedPrompt:
     """Fill the template; to fit the budget, trim evidence, then descriptions, then candidates.
     The budgets are Settings' `max_text_tokens` and `max_prompt_tokens`."""
-    text, truncated = _truncate(text, max_text_tokens)
+    text, truncated = truncate(text, max_text_tokens)
     options = [replace(o, description=_clip(o.description, description_chars)) for o in options]
     total = len(options)
     rendered = _fill(template, text, options, max_labels, truncated)
@@ -79,7 +79,8 @@ def render(template: PromptTemplate, text: str, options: Sequence[Option], max_l
 _EMPTY: dict[str, object] = {"evidence": (), "description": ""}
 
 
-def _truncate(text: str, max_tokens: int) -> tuple[str, bool]:
+def truncate(text: str, max_tokens: int) -> tuple[str, bool]:
+    """`text` cut to `max_tokens` tokens, and whether it was cut."""
     tokens = encoding().encode(text, disallowed_special=())
     if len(tokens) <= max_tokens:
         return text, False

@@ -5,9 +5,9 @@ from __future__ import annotations
 import email.utils
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import openai
 from openai.types.chat import ChatCompletion
@@ -71,6 +71,19 @@ class Selection:
     def empty(cls) -> Selection:
         """No labels, no call made: nothing to choose from, or nothing sent."""
         return cls([], Usage(), 0, 0.0)
+
+
+Answer = TypeVar("Answer")
+
+
+@dataclass(frozen=True)
+class Exchange(Generic[Answer]):
+    """One request's parsed answer, with what it cost."""
+
+    answer: Answer
+    usage: Usage
+    attempts: int
+    latency_s: float
 
 
 @dataclass(frozen=True)
@@ -160,25 +173,32 @@ class LLMSelector:
     def request(self, rendered: RenderedPrompt, dialect: ResponseFormat | None = None) -> dict:
         """The chat completion request body for a rendered prompt (in the dialect learnt so far,
         unless one is given)."""
+        schema = answer_schema(max(self.config.schema_slots, len(rendered.slots)))
+        # llama.cpp and several other servers take the schema inside json_object and compile
+        # it to a grammar per request, so a label limit there costs nothing and stops a small
+        # model from listing every slot.
+        limited = {**schema, "properties": {"labels": {
+            **schema["properties"]["labels"], "maxItems": rendered.max_labels}}}
+        return self.chat_body(rendered.system, rendered.user, dialect or self.dialect,
+                              ("label_choice", schema), limited)
+
+    def chat_body(self, system: str, user: str, dialect: ResponseFormat,
+                  strict: tuple[str, dict], inside_object: dict) -> dict:
+        """A chat completion request in `dialect`: the named schema `strict` under OpenAI's
+        json_schema, `inside_object` within json_object (for servers that compile it)."""
         cfg = self.config
-        dialect = dialect or self.dialect
         body: dict = {
             "model": cfg.model,
-            "messages": [{"role": "system", "content": rendered.system},
-                         {"role": "user", "content": rendered.user}],
+            "messages": [{"role": "system", "content": system},
+                         {"role": "user", "content": user}],
             "temperature": cfg.temperature,
         }
-        schema = answer_schema(max(cfg.schema_slots, len(rendered.slots)))
         if dialect == "json_schema":
+            name, schema = strict
             body["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": "label_choice", "strict": True, "schema": schema}}
+                "name": name, "strict": True, "schema": schema}}
         elif dialect == "json_object":
-            # llama.cpp and several other servers take the schema inside json_object and compile
-            # it to a grammar per request, so a label limit there costs nothing and stops a
-            # small model from listing every slot.
-            limited = {**schema, "properties": {"labels": {
-                **schema["properties"]["labels"], "maxItems": rendered.max_labels}}}
-            body["response_format"] = {"type": "json_object", "schema": limited}
+            body["response_format"] = {"type": "json_object", "schema": inside_object}
         if cfg.max_answer_tokens:
             body["max_tokens"] = cfg.max_answer_tokens
         return body
@@ -188,30 +208,41 @@ class LLMSelector:
         rendered = self.prompt(text, options, max_labels)
         if not rendered.slots:
             return Selection.empty()
+        got = self.exchange(lambda dialect: self.request(rendered, dialect),
+                            lambda content: parse_answer(content, rendered.slots, max_labels))
+        return Selection(got.answer.label_ids, got.usage, got.attempts, got.latency_s,
+                         dropped_ids=got.answer.unknown + got.answer.over_limit)
+
+    def exchange(self, body: Callable[[ResponseFormat], dict],
+                 read: Callable[[str], Answer]) -> Exchange[Answer]:
+        """One usable answer from the endpoint, for any request this selector's endpoint takes:
+        `body` builds the request in a dialect, `read` parses the content (InvalidAnswer when it
+        cannot). The breaker, dialect steps and retries apply; LLMError when no answer comes."""
         if self.breaker is None:
-            return self._select_any_dialect(rendered, max_labels)
+            return self._any_dialect(body, read)
         if not self.breaker.allow():
             raise LLMError(f"the LLM endpoint failed {self.breaker.fail_max} calls in a row; "
                            f"next try in {self.breaker.retry_in_s():.0f} s",
                            reason="circuit_open", attempts=0)
         ok = False
         try:
-            selection = self._select_any_dialect(rendered, max_labels)
+            got = self._any_dialect(body, read)
             ok = True
-            return selection
+            return got
         except LLMError as exc:
             ok = not endpoint_failed(exc)
             raise
         finally:
             self.breaker.record(ok)
 
-    def _select_any_dialect(self, rendered: RenderedPrompt, max_labels: int) -> Selection:
+    def _any_dialect(self, body: Callable[[ResponseFormat], dict],
+                     read: Callable[[str], Answer]) -> Exchange[Answer]:
         """A refused dialect is asked again at once in the next one: the refusal says nothing
         about the text, so it must not cost the text its answer (nor count as a retry)."""
         dialect, refused = self.dialect, 0
         while True:
             try:
-                selection = self._select(rendered, max_labels, dialect)
+                got = self._exchange(body(dialect), read)
             except LLMError as exc:
                 weaker = self._after_refusal(dialect) if exc.reason == "format_rejected" else None
                 if weaker is None:
@@ -220,7 +251,7 @@ class LLMSelector:
                     raise
                 dialect, refused = weaker, refused + exc.attempts
                 continue
-            return replace(selection, attempts=selection.attempts + refused)
+            return replace(got, attempts=got.attempts + refused)
 
     def _after_refusal(self, refused: ResponseFormat) -> ResponseFormat | None:
         """Under `auto`, the dialect to ask in after a server refused `refused`; None when
@@ -238,9 +269,7 @@ class LLMSelector:
                 self.dialect = DIALECTS[position + 1]
             return self.dialect
 
-    def _select(self, rendered: RenderedPrompt, max_labels: int,
-                dialect: ResponseFormat) -> Selection:
-        body = self.request(rendered, dialect)
+    def _exchange(self, body: dict, read: Callable[[str], Answer]) -> Exchange[Answer]:
         started = time.perf_counter()
         retrying = Retrying(
             retry=retry_if_exception(is_transient),
@@ -264,12 +293,11 @@ class LLMSelector:
         latency = time.perf_counter() - started
         content, usage = _content_and_usage(completion, attempts)
         try:
-            parsed = parse_answer(content, rendered.slots, max_labels)
+            answer = read(content)
         except InvalidAnswer as exc:
             raise LLMError(f"LLM answer unusable: {exc}", reason="invalid_answer",
                            attempts=attempts) from exc
-        return Selection(parsed.label_ids, usage, attempts, latency,
-                         dropped_ids=parsed.unknown + parsed.over_limit)
+        return Exchange(answer, usage, attempts, latency)
 
     def _wait(self, state: RetryCallState) -> float:
         asked = retry_after_s(state.outcome.exception() if state.outcome else None)

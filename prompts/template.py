@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import string
 import tomllib
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -46,8 +47,10 @@ class PromptTemplate(BaseModel):
                 string.Template(self.user).substitute(values))
 
 
-def load_prompt(ref: str, directory: Path = PROMPTS_DIR) -> PromptTemplate:
-    """Load `task@vN` (or a path to a .toml file) and check its placeholders."""
+def load_prompt(ref: str, directory: Path = PROMPTS_DIR, required: AbstractSet[str] = REQUIRED,
+                allowed: AbstractSet[str] = ALLOWED) -> PromptTemplate:
+    """Load `task@vN` (or a path to a .toml file) and check its placeholders (the select
+    task's unless a task's own are given)."""
     path = Path(ref)
     if path.suffix == ".toml" and path.is_file():
         task, version = path.parent.name, path.stem
@@ -65,9 +68,9 @@ def load_prompt(ref: str, directory: Path = PROMPTS_DIR) -> PromptTemplate:
     except (tomllib.TOMLDecodeError, ValueError) as exc:
         raise PromptError(f"prompt {ref!r} is invalid: {exc}", prompt=ref) from None
     used = _placeholders(template.system) | _placeholders(template.user)
-    if missing := REQUIRED - used:
+    if missing := required - used:
         raise PromptError(f"prompt {ref!r} lacks placeholders {sorted(missing)}", prompt=ref)
-    if unknown := used - ALLOWED:
+    if unknown := used - allowed:
         raise PromptError(f"prompt {ref!r} uses unknown placeholders {sorted(unknown)}", prompt=ref)
     return template
 

@@ -12,6 +12,7 @@ from retrieval.fusion import Aggregation, Candidate, aggregate
 from retrieval.index import Hit, LabelIndex
 from retrieval.neighbours import LabelTable, Neighbours, fuse
 from retrieval.stages import CandidateStage, Search, Shortlists, describe_method
+from retrieval.subqueries import with_phrases
 
 # A filtered request searches deeper, in proportion to how much the filter removes, up to this.
 MAX_WIDEN = 20
@@ -42,14 +43,25 @@ class Retriever:
         return describe_method(aggregation or self.aggregation,
                                self.stages if stages is None else stages)
 
-    def candidates(self, texts: Sequence[str], top_k: int,
-                   within: frozenset[str] | None = None) -> list[list[Candidate]]:
-        """The `top_k` candidates of each text, best first (only labels in `within`, if given)."""
+    def candidates(self, texts: Sequence[str], top_k: int, within: frozenset[str] | None = None,
+                   phrases: Sequence[Sequence[str]] | None = None) -> list[list[Candidate]]:
+        """The `top_k` candidates of each text, best first (only labels in `within`, if given;
+        each text's `phrases`, if given, searched as sub-queries beside it)."""
         if not texts:
             return []
         if within is not None and not self.assignable() & within:
             return [[] for _ in texts]  # an empty index still says so when searched
-        return self.rank(self.search(texts, top_k, within))
+        if not phrases or not any(phrases):
+            return self.rank(self.search(texts, top_k, within))
+        asked = [i for i, own in enumerate(phrases) if own]
+        rest = [i for i, own in enumerate(phrases) if not own]
+        stages = with_phrases(self.stages, [phrases[i] for i in asked])
+        found = dict(zip(asked, self.rank(self.search([texts[i] for i in asked], top_k, within),
+                                          stages=stages), strict=True))
+        if rest:
+            found.update(zip(rest, self.rank(self.search([texts[i] for i in rest], top_k,
+                                                         within)), strict=True))
+        return [found[i] for i in range(len(texts))]
 
     def search(self, texts: Sequence[str], top_k: int, within: frozenset[str] | None = None,
                widen: int | None = None, with_vectors: bool | None = None) -> Search:

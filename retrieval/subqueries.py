@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -12,7 +12,7 @@ import numpy as np
 from retrieval.fusion import Candidate
 from retrieval.index import LabelIndex, label_of
 from retrieval.neighbours import Neighbours
-from retrieval.stages import Search, Shortlists
+from retrieval.stages import CandidateStage, Search, Shortlists
 
 _WORD = re.compile(r"[\w+#./-]+", re.UNICODE)
 _SENTENCE = re.compile(r"(?<=[.!?;:])\s+|\n+")
@@ -61,7 +61,8 @@ _STOPWORDS = frozenset(
 
 @dataclass(frozen=True)
 class SubqueryConfig:
-    """Short texts split into word n-grams up to `max_ngram`; longer ones into sentences."""
+    """Short texts split into word n-grams up to `max_ngram`; longer ones into sentences
+    (`max_ngram` 0: the text is not split, only given phrases are searched)."""
 
     max_ngram: int = 3
     max_words: int = 40
@@ -123,6 +124,9 @@ class SubqueryStage:
 
     config: SubqueryConfig
     widen: int = 1
+    # Per text of one batch, more queries searched beside its own parts (phrases an LLM
+    # inferred); set by `with_phrases` for that batch only.
+    extra: tuple[tuple[str, ...], ...] = ()
     # The vectors are read once per batch by id (LabelIndex.embeddings), not with every hit.
     needs_vectors: bool = False
     rescores: bool = True
@@ -162,7 +166,9 @@ class SubqueryStage:
               pool_k: int) -> Shortlists:
         """Embed every text's sub-queries in one call and search them in one (ids only), read
         the distinct vectors found once, then score each text's vectors exactly."""
-        per_text = [split_subqueries(text, self.config) for text in search.texts]
+        extra = self.extra or [()] * len(search.texts)
+        per_text = [[*(split_subqueries(text, self.config) if self.config.max_ngram else ()),
+                     *more] for text, more in zip(search.texts, extra, strict=True)]
         # A part several texts share ("experience", "knowledge of") is embedded and searched
         # once: over a quarter of ESCO tech_valid's n-grams repeat within one batch.
         number = {part: n for n, part in enumerate(dict.fromkeys(
@@ -188,6 +194,18 @@ class SubqueryStage:
                                       tuple(evidence[position].get(table.ids[n], ())[:2]))
                             for n, score in ranked])
         return results
+
+
+def with_phrases(stages: Sequence[CandidateStage],
+                 phrases: Sequence[Sequence[str]]) -> list[CandidateStage]:
+    """The stages with each text's `phrases` searched as sub-queries beside it: added to the
+    sub-query stage's own parts, or, with that stage off, searched alone by a sub-query stage
+    of its default weight and depth, first (where the registry runs sub-queries)."""
+    extra = tuple(tuple(p) for p in phrases)
+    if any(isinstance(stage, SubqueryStage) for stage in stages):
+        return [replace(stage, extra=extra) if isinstance(stage, SubqueryStage) else stage
+                for stage in stages]
+    return [SubqueryStage(SubqueryConfig(max_ngram=0), extra=extra), *stages]
 
 
 class _Table:

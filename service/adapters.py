@@ -15,6 +15,8 @@ from pathlib import Path
 
 import retrieval
 from prompts.answer_cache import CachedSelector, Store, cache_key
+from prompts.infer import InferringSelector
+from prompts.infer_cache import CachedInferringSelector
 from prompts.render import Option, RenderedPrompt
 from prompts.selector import LLMSelector, Selection
 from retrieval.fusion import Candidate
@@ -36,11 +38,13 @@ class Recording:
     def index(self) -> LabelIndex:
         return self.inner.index
 
-    def candidates(self, texts: Sequence[str], top_k: int,
-                   within: frozenset[str] | None = None) -> list[list[Candidate]]:
+    def candidates(self, texts: Sequence[str], top_k: int, within: frozenset[str] | None = None,
+                   phrases: Sequence[Sequence[str]] | None = None) -> list[list[Candidate]]:
         """The inner source's shortlists, remembered."""
-        found = (self.inner.candidates(texts, top_k) if within is None
-                 else self.inner.candidates(texts, top_k, within=within))
+        extra: dict[str, object] = {} if within is None else {"within": within}
+        if phrases:
+            extra["phrases"] = phrases
+        found = self.inner.candidates(texts, top_k, **extra)
         self.shortlists.update(zip(texts, found, strict=True))
         return found
 
@@ -56,8 +60,8 @@ class Replaying:
         self.index = index
         self.shortlists = shortlists
 
-    def candidates(self, texts: Sequence[str], top_k: int,
-                   within: frozenset[str] | None = None) -> list[list[Candidate]]:
+    def candidates(self, texts: Sequence[str], top_k: int, within: frozenset[str] | None = None,
+                   phrases: Sequence[Sequence[str]] | None = None) -> list[list[Candidate]]:
         """The saved shortlist of each key (empty for a key never saved)."""
         return [self.shortlists.get(key, []) for key in texts]
 
@@ -94,8 +98,10 @@ def with_evidence(source: CandidateSource) -> CandidateSource:
 
 
 def cached_answers(selector: Selector | None, store: Store) -> CachedSelector | None:
-    """The LLM selector with its answers remembered in `store`; None for any other selector
-    (nothing to cache)."""
+    """The LLM selector with its answers (the infer step's too) remembered in `store`; None
+    for any other selector (nothing to cache)."""
+    if isinstance(selector, InferringSelector):
+        return CachedInferringSelector(selector, store)
     return CachedSelector(selector, store) if isinstance(selector, LLMSelector) else None
 
 
@@ -135,16 +141,21 @@ class CachedRetriever:
         """The wrapped retriever's method."""
         return self.inner.describe()
 
-    def candidates(self, texts: Sequence[str], top_k: int,
-                   within: frozenset[str] | None = None) -> list[list[Candidate]]:
-        """Cached shortlists; only the misses go through the embedder and Chroma."""
+    def candidates(self, texts: Sequence[str], top_k: int, within: frozenset[str] | None = None,
+                   phrases: Sequence[Sequence[str]] | None = None) -> list[list[Candidate]]:
+        """Cached shortlists (per text and its phrases); only the misses go through the
+        embedder and Chroma."""
         scope = (self.index.fingerprint(), self.inner.describe(), retrieval_code_hash(),
                  self.inner.neighbours, top_k, _digest(within), self.inner.evidence,
                  self.index.embedder.backend)
-        keys = [cache_key("retrieval", scope, text) for text in texts]
+        own = list(phrases) if phrases else [()] * len(texts)
+        # A text without phrases keeps the key it always had, so earlier caches still answer.
+        keys = [cache_key("retrieval", scope, text, *([list(more)] if more else []))
+                for text, more in zip(texts, own, strict=True)]
         found = self.store.get_many(keys)
         missing = [i for i, key in enumerate(keys) if key not in found]
-        fresh = (self.inner.candidates([texts[i] for i in missing], top_k, within)
+        fresh = (self.inner.candidates([texts[i] for i in missing], top_k, within,
+                                       [own[i] for i in missing] if phrases else None)
                  if missing else [])
         new = {keys[i]: json.dumps([c.to_json() for c in cands])
                for i, cands in zip(missing, fresh, strict=True)}

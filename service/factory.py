@@ -9,6 +9,7 @@ from typing import Any
 
 from prompts.breaker import CircuitBreaker
 from prompts.deadline import DeadlineTransport
+from prompts.infer import InferringSelector, load_infer_prompt
 from prompts.selector import LLMConfig, LLMSelector
 from prompts.template import load_prompt
 from retrieval.calibration.scoring import BASE_FIELDS
@@ -135,7 +136,12 @@ def build_llm_selector(settings: Settings) -> LLMSelector:
         max_text_tokens=settings.max_text_tokens, max_prompt_tokens=settings.max_prompt_tokens,
         schema_slots=max(settings.top_k, 20),
     )
-    return LLMSelector(client, load_prompt(settings.prompt), config, breaker)
+    template = load_prompt(settings.prompt)
+    if settings.llm_infer:
+        return InferringSelector(client, template, config, breaker,
+                                 load_infer_prompt(settings.llm_infer_prompt),
+                                 settings.llm_infer_phrases)
+    return LLMSelector(client, template, config, breaker)
 
 
 def build_stages(settings: Settings) -> list[CandidateStage]:

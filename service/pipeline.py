@@ -6,8 +6,9 @@ import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
+from prompts.infer import Inference
 from prompts.render import Option
 from prompts.selector import LLMError, Selection
 from retrieval.catalog import Label
@@ -26,8 +27,10 @@ class CandidateSource(Protocol):
 
     index: LabelIndex
 
-    def candidates(self, texts: Sequence[str], top_k: int,
-                   within: frozenset[str] | None = None) -> list[list[Candidate]]: ...
+    def candidates(self, texts: Sequence[str], top_k: int, within: frozenset[str] | None = None,
+                   phrases: Sequence[Sequence[str]] | None = None) -> list[list[Candidate]]:
+        """Each text's shortlist (`phrases`: per text, more queries searched beside it)."""
+        ...
 
     def describe(self) -> str:
         """The retrieval method in a few words (run files, caches, `labelrank info`)."""
@@ -38,6 +41,13 @@ class Selector(Protocol):
     """Chooses among candidates for one text."""
 
     def select(self, text: str, options: Sequence[Option], max_labels: int) -> Selection: ...
+
+
+@runtime_checkable
+class Inferring(Protocol):
+    """A selector that also names the label-like phrases a text implies (the infer step)."""
+
+    def infer(self, text: str) -> Inference: ...
 
 
 class NoLLMConfigured(LabelrankError):
@@ -115,17 +125,19 @@ class Pipeline:
                 valid.append(position)
             except LabelrankError as exc:
                 outcomes[position] = ItemError(error=exc.to_dict())
-        started = time.perf_counter()
         batch = [texts[i] for i in valid]
-        shortlists = (self.retriever.candidates(batch, top_k) if within is None
-                      else self.retriever.candidates(batch, top_k, within=within))
-        retrieval_ms = (time.perf_counter() - started) * 1000 / max(len(valid), 1)
         selector = self.selector
+        inferred = (self._infer(selector, batch)
+                    if mode == "llm" and isinstance(selector, Inferring) else [None] * len(batch))
+        started = time.perf_counter()
+        shortlists = self._shortlists(batch, top_k, within, inferred)
+        retrieval_ms = (time.perf_counter() - started) * 1000 / max(len(valid), 1)
         if mode == "llm" and selector is not None:  # resolve_mode refused llm without one
             chosen = self._pool.map(
                 lambda args: self._with_llm(selector, *args, max_labels=max_labels,
                                             subtree=options.subtree),
-                [(texts[i], cands) for i, cands in zip(valid, shortlists, strict=True)])
+                [(texts[i], cands, inference) for i, cands, inference
+                 in zip(valid, shortlists, inferred, strict=True)])
         else:
             chosen = (self._with_threshold(c, max_labels, subtree=options.subtree)
                       for c in shortlists)
@@ -142,6 +154,26 @@ class Pipeline:
         if mode == "auto":
             return "llm" if self.selector is not None else "retrieval"
         return mode
+
+    def _infer(self, selector: Inferring, texts: list[str]) -> list[Inference | None]:
+        """The infer step for each text, concurrently; a failed call is an Inference that says
+        why (the text is then searched on its own)."""
+        def one(text: str) -> Inference:
+            try:
+                return selector.infer(text)
+            except LLMError as exc:
+                return Inference.failure(exc)
+
+        return list(self._pool.map(one, texts))
+
+    def _shortlists(self, texts: list[str], top_k: int, within: frozenset[str] | None,
+                    inferred: Sequence[Inference | None]) -> list[list[Candidate]]:
+        """Each text's candidates, with its inferred phrases searched beside it when any."""
+        phrases = [inference.phrases if inference else [] for inference in inferred]
+        extra: dict[str, object] = {} if within is None else {"within": within}
+        if any(phrases):
+            extra["phrases"] = phrases
+        return self.retriever.candidates(texts, top_k, **extra)
 
     def _check_text(self, text: object) -> None:
         check_text(text, self.max_text_chars)
@@ -170,7 +202,13 @@ class Pipeline:
                               reason=reason, none_reason=none_reason)
 
     def _with_llm(self, selector: Selector, text: str, candidates: list[Candidate],
-                  max_labels: int, subtree: str | None = None) -> ClassifyResult:
+                  inference: Inference | None, max_labels: int,
+                  subtree: str | None = None) -> ClassifyResult:
+        result = self._select(selector, text, candidates, max_labels, subtree)
+        return result if inference is None else _with_inference(result, inference)
+
+    def _select(self, selector: Selector, text: str, candidates: list[Candidate],
+                max_labels: int, subtree: str | None) -> ClassifyResult:
         labels = self.index.labels  # one snapshot: a label deleted meanwhile is simply skipped
         candidates = [c for c in candidates if c.label_id in labels]
         if not candidates:  # nothing to choose from: no call
@@ -217,6 +255,17 @@ class Pipeline:
                                            similarity=round(c.similarity, 6),
                                            path=list(taxonomy.path(c.label_id)) or None)
                 for c in candidates if c.label_id in labels]
+
+
+def _with_inference(result: ClassifyResult, inference: Inference) -> ClassifyResult:
+    """The result with the infer step's tokens, calls and time added; degraded when that step
+    failed (a failed select step's reason, if any, stays: it says more)."""
+    result.usage = result.usage + inference.usage
+    result.llm_attempts += inference.attempts
+    result.latency_ms += inference.latency_s * 1000
+    if inference.failed and not result.degraded:
+        result.degraded, result.reason = True, f"llm_infer_failed: {inference.failed}"
+    return result
 
 
 def _subtree_empty(subtree: str | None) -> tuple[NoneReason, str]:

@@ -93,6 +93,11 @@ class Settings(BaseSettings):
         "gpt-4o-mini": (0.15, 0.60), "gpt-4o": (2.50, 10.00), "gpt-4.1": (2.00, 8.00),
         "gpt-4.1-mini": (0.40, 1.60), "gpt-4.1-nano": (0.10, 0.40)})
     prompt: str = "select_labels@v1"
+    # The infer step (docs/infer.md): in LLM mode, one more call per text first asks for the
+    # label-like phrases it implies, each searched as a sub-query beside the text.
+    llm_infer: bool = False
+    llm_infer_phrases: int = Field(5, ge=1, le=20)
+    llm_infer_prompt: str = "infer_phrases@v1"
     max_text_tokens: int = Field(1500, ge=16)
     max_prompt_tokens: int = Field(6000, ge=256)
 
