@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,19 @@ def test_faulty_llm_every_id_once_in_order(tmp_path: Path, db: Path, index: Labe
     assert sum(stats.degraded.values()) == len(degraded) and stats.prompt_tokens > 0
 
 
+def sigkill_when(command: list[str], env: dict[str, str], ready: Callable[[], bool]) -> None:
+    """Run `command` and SIGKILL it as soon as `ready()` holds (it must not end before)."""
+    victim = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and victim.poll() is None and not ready():
+        time.sleep(0.02)
+    assert victim.poll() is None, victim.stderr.read().decode() if victim.stderr else ""
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    victim.stderr.close()  # type: ignore[union-attr]
+
+
 def test_sigkill_then_resume_exactly_once(tmp_path: Path, db: Path, index: LabelIndex,
                                           fake_llm: FakeOpenAI) -> None:
     fake_llm.default = Reply.labels("C01", delay_s=0.05)
@@ -117,19 +131,12 @@ def test_sigkill_then_resume_exactly_once(tmp_path: Path, db: Path, index: Label
     env.update(LABELRANK_LLM_BASE_URL=fake_llm.base_url, LABELRANK_LLM_API_KEY="test",
                LABELRANK_LLM_MODEL="fake-model", LABELRANK_LLM_MAX_ATTEMPTS="2",
                LABELRANK_LLM_MAX_WAIT_S="0.01")
+    # No answer cache: the killed run cached answers it never wrote, and the rerun would
+    # take them from there instead of asking (the request count below is the check).
     command = [*CLI, "batch", str(source), str(output), "--db", str(db), "--mode", "llm",
-               "--concurrency", "2", "--chunk-size", "8"]
-    victim = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and victim.poll() is None:
-        if output.exists() and output.read_bytes().count(b"\n") >= 24:
-            break
-        time.sleep(0.02)
-    assert victim.poll() is None, victim.stderr.read().decode() if victim.stderr else ""
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    victim.stderr.close()  # type: ignore[union-attr]
+               "--concurrency", "2", "--chunk-size", "8", "--no-cache"]
+    sigkill_when(command, env, lambda: output.exists()
+                 and output.read_bytes().count(b"\n") >= 24)
     with output.open("ab") as handle:  # what a kill in the middle of a write leaves behind
         handle.write(b'{"line": 77, "id": "k76", "labels": [{"id": "pets')
     kept = output.read_bytes().count(b"\n")

@@ -1,4 +1,5 @@
-"""Batch files: input records (JSONL or CSV) with line numbers, and the resumable JSONL output."""
+"""Batch files: input records (JSONL, CSV or Parquet) with line numbers, and the resumable JSONL
+output."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from retrieval.errors import LabelrankError
+from retrieval.errors import LabelrankError, require_extra
 from retrieval.rows import MissingColumnError, read_rows
+from service.batch.parquet import is_parquet_name, looks_like_parquet, parquet_rows, row_count
 
-InputFormat = Literal["auto", "jsonl", "csv"]
+InputFormat = Literal["auto", "jsonl", "csv", "parquet"]
+Format = Literal["jsonl", "csv", "parquet"]
 STDIN = "-"
 _SNIFF = 1 << 16
 _BINARY = {b"PAR1": "a Parquet file", b"\x1f\x8b": "gzip data", b"PK\x03\x04": "a zip archive",
@@ -72,14 +75,42 @@ def output_key(record: dict) -> str:
     return record_key(record["line"], None if duplicate else record.get("id"))
 
 
-def resolve_format(source: str, fmt: InputFormat) -> Literal["jsonl", "csv"]:
-    """CSV by the `.csv` suffix, JSONL otherwise (stdin included), unless given; a file that
-    is not text at all (Parquet, a compressed file) is refused before anything is written."""
+def resolve_format(source: str, fmt: InputFormat) -> Format:
+    """Parquet by a `.parquet`/`.pq` suffix, CSV by `.csv`, JSONL otherwise (stdin included),
+    unless given; a file whose bytes are not that format (a Parquet file named `.jsonl`, a
+    compressed file) is refused before anything is written."""
     if fmt == "auto":
-        fmt = "csv" if source != STDIN and source.lower().endswith(".csv") else "jsonl"
-    if source != STDIN:
+        named = source != STDIN and source.lower()
+        fmt = ("parquet" if named and is_parquet_name(named)
+               else "csv" if named and named.endswith(".csv") else "jsonl")
+    if fmt == "parquet":
+        check_parquet(source)
+    elif source != STDIN:
         check_text(Path(source), fmt)
     return fmt
+
+
+def check_parquet(source: str) -> None:
+    """UnsupportedFormatError for stdin or a file that is not Parquet: it is read by offset,
+    from its footer, so neither can be read record by record."""
+    if source == STDIN:
+        raise UnsupportedFormatError("Parquet cannot be read from stdin (its index is at the "
+                                     "end of the file): pass the file's path", format="parquet")
+    path = Path(source)
+    if not path.is_file():
+        return  # opening it says so
+    if not looks_like_parquet(path):
+        raise UnsupportedFormatError(
+            f"{path} is not a Parquet file (no PAR1 magic at both ends; cut short?): name "
+            "JSONL or CSV files .jsonl or .csv, or pass --input-format", path=str(path))
+    require_extra("pyarrow", "parquet")
+    import pyarrow as pa
+
+    try:
+        row_count(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise UnsupportedFormatError(f"{path}: the Parquet footer cannot be read ({exc})",
+                                     path=str(path)) from None
 
 
 def check_text(path: Path, fmt: str) -> None:
@@ -93,9 +124,11 @@ def check_text(path: Path, fmt: str) -> None:
     if kind is None and b"\x00" in head:  # never in UTF-8 JSON or CSV text
         kind = "binary data"
     if kind:
+        hint = ("name it .parquet or pass --input-format parquet" if kind == "a Parquet file"
+                else "convert it first")
         raise UnsupportedFormatError(
-            f"{path} is {kind}, not {fmt.upper()} text: batch reads JSONL or CSV files; "
-            "convert it first", path=str(path), format=kind)
+            f"{path} is {kind}, not {fmt.upper()} text: batch reads JSONL, CSV or Parquet "
+            f"files; {hint}", path=str(path), format=kind)
 
 
 @contextlib.contextmanager
@@ -111,10 +144,13 @@ def open_input(source: str) -> Iterator[BinaryIO]:
         yield handle
 
 
-def count_records(source: str, fmt: Literal["jsonl", "csv"]) -> int | None:
-    """About how many records the input holds (lines), for the ETA; None for stdin."""
+def count_records(source: str, fmt: Format) -> int | None:
+    """About how many records the input holds (lines; Parquet rows exactly), for the ETA;
+    None for stdin."""
     if source == STDIN or not Path(source).is_file():
         return None
+    if fmt == "parquet":
+        return row_count(source)
     lines, last = 0, b"\n"
     with open(source, "rb") as handle:
         while block := handle.read(1 << 20):
@@ -124,13 +160,17 @@ def count_records(source: str, fmt: Literal["jsonl", "csv"]) -> int | None:
     return max(lines - (fmt == "csv"), 0)
 
 
-def read_records(stream: BinaryIO, fmt: Literal["jsonl", "csv"], text_field: str = "text",
-                 id_field: str = "id", first_line: int = 1) -> Iterator[InputRecord]:
+def read_records(stream: BinaryIO, fmt: Format, text_field: str = "text", id_field: str = "id",
+                 first_line: int = 1, count: int | None = None) -> Iterator[InputRecord]:
     """Every input record in order; unreadable ones carry an `invalid_input` error. A JSONL
-    stream that starts further down its file (a shard) numbers its lines from `first_line`."""
+    stream that starts further down its file (a shard) numbers its lines from `first_line`; a
+    Parquet file is read from row `first_line` (rows count as lines), `count` rows of it."""
     try:
-        rows = read_rows(stream, fmt, required=text_field if fmt == "csv" else None,
-                         first_line=first_line)
+        if fmt == "parquet":
+            rows = parquet_rows(stream, text_field, id_field, first_line - 1, count)
+        else:
+            rows = read_rows(stream, fmt, required=text_field if fmt == "csv" else None,
+                             first_line=first_line)
         seen: dict[str, int] = {}
         for row in rows:
             yield _record(row.line, row.data, row.problem, text_field, id_field, seen)
@@ -154,7 +194,8 @@ def _record(line: int, row: dict | None, problem: str | None, text_field: str, i
         seen[key] = line
     text = row.get(text_field)
     if text is None:
-        return _bad(line, record_id, f"no {text_field!r} field")
+        return _bad(line, record_id, f"field {text_field!r} is null" if text_field in row
+                    else f"no {text_field!r} field")
     if not isinstance(text, str):
         return _bad(line, record_id, f"field {text_field!r} must be a string, "
                                      f"not {type(text).__name__}")

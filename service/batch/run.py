@@ -22,6 +22,12 @@ from service.batch.io import (
     resolve_format,
     scan_output,
 )
+from service.batch.parquet_output import (
+    finish_parquet_output,
+    is_parquet_output,
+    journal_path,
+    scan_parquet_output,
+)
 from service.batch.report import Progress, Stats
 from service.batch.sidecar import check_and_record, meta_path, run_config
 from service.engine import Engine
@@ -51,7 +57,8 @@ DEFAULTS = BatchOptions()
 
 def run_batch(engine: Engine, source: str, output: Path, options: BatchOptions = DEFAULTS,
               progress_every_s: float = 10.0, tty: bool | None = None) -> Stats:
-    """Label every input record not yet in OUTPUT; returns counts over the whole OUTPUT."""
+    """Label every input record not yet in OUTPUT; returns counts over the whole OUTPUT.
+    OUTPUT named .parquet is journaled as JSONL and written as Parquet at the end."""
     pipeline, settings = engine.pipeline, engine.settings
     mode = pipeline.resolve_mode(options.mode)  # fails now, not after the first chunk
     fmt = resolve_format(source, options.input_format)
@@ -65,16 +72,20 @@ def run_batch(engine: Engine, source: str, output: Path, options: BatchOptions =
         stats.count(record)
         stats.previous += 1
 
+    parquet = is_parquet_output(output)
     with open_input(source) as stream:
-        done = scan_output(output, seen)
+        done = scan_parquet_output(output, seen) if parquet else scan_output(output, seen)
         check_and_record(meta_path(output), config, has_records=bool(done), force=options.force)
-        with OutputWriter(output) as writer, Progress(stats, progress_every_s, tty) as progress:
+        with OutputWriter(journal_path(output) if parquet else output) as writer, \
+                Progress(stats, progress_every_s, tty) as progress:
             todo = (r for r in read_records(stream, fmt, options.text_field, options.id_field)
                     if r.key not in done)
             for records in labeled_chunks(pipeline, todo, mode, options,
                                           settings.llm_concurrency):
                 writer.write(records)
                 progress.advance(records)
+    if parquet:
+        finish_parquet_output(output)
     if answers:
         stats.cached_answers, stats.cached_usage = answers.hits, answers.saved
     return stats

@@ -18,9 +18,11 @@ if TYPE_CHECKING:
 
 def batch(
     input_path: Annotated[str, typer.Argument(metavar="INPUT",
-                                              help="JSONL or CSV file, or - for stdin.")],
+                                              help="JSONL, CSV or Parquet file, or - for stdin.")],
     output: Annotated[Path, typer.Argument(
-        metavar="OUTPUT", help="JSONL output: appended to, resumed on rerun.")],
+        metavar="OUTPUT", help=(
+            "JSONL output: appended to, resumed on rerun; named .parquet: Parquet, written at "
+            "the end from OUTPUT.partial.jsonl, which a rerun resumes."))],
     results: Annotated[list[Path] | None, typer.Argument(
         metavar="RESULTS", help="Provider results (and error) files, for --openai-batch collect.")]
     = None,
@@ -30,7 +32,8 @@ def batch(
     = None,
     text_field: Annotated[str, typer.Option(help="Field or column holding the text.")] = "text",
     id_field: Annotated[str, typer.Option(help="Field or column holding the id.")] = "id",
-    input_format: Annotated[str, typer.Option(help="auto | jsonl | csv")] = "auto",
+    input_format: Annotated[str, typer.Option(help=(
+        "auto (by the name: .parquet/.pq, .csv, else JSONL) | jsonl | csv | parquet"))] = "auto",
     chunk_size: Annotated[int | None, typer.Option(min=1, help="Texts per pipeline call.")]
     = None,
     candidates: Annotated[bool, typer.Option(help="Keep the candidates in each record.")] = True,
@@ -53,7 +56,8 @@ def batch(
     shard_size: Annotated[int, typer.Option(min=1, help=(
         "Input lines per shard (a CSV file is one shard)."))] = 10_000,
     merge: Annotated[Path | None, typer.Option(help=(
-        "With --engine ray: also write every record to this one file, in input order."))]
+        "With --engine ray: also write every record to this one file, in input order "
+        "(Parquet when named .parquet)."))]
     = None,
     chroma_host: Annotated[str | None, typer.Option(help=(
         "Chroma server host instead of --db (LABELRANK_CHROMA_HOST)."))] = None,
@@ -69,7 +73,7 @@ def batch(
     from service.batch.run import BatchOptions
     from service.engine import open_engine
 
-    _check(input_format, openai_batch, results, engine_name,
+    _check(input_format, openai_batch, results, engine_name, output,
            {"--address": address, "--workers": workers, "--merge": merge,
             "--cpus-per-worker": cpus_per_worker != 1, "--shard-size": shard_size != 10_000,
             "--worker-niceness": worker_niceness is not None})
@@ -91,10 +95,11 @@ def batch(
 
 
 def _check(input_format: str, openai_batch: str | None, results: list[Path] | None,
-           engine_name: str, ray_only: dict[str, object]) -> None:
+           engine_name: str, output: Path, ray_only: dict[str, object]) -> None:
     """Refuse options that do not go together, before anything is opened."""
-    if input_format not in ("auto", "jsonl", "csv"):
-        raise typer.BadParameter(f"--input-format must be auto, jsonl or csv, not {input_format!r}")
+    if input_format not in ("auto", "jsonl", "csv", "parquet"):
+        raise typer.BadParameter("--input-format must be auto, jsonl, csv or parquet, not "
+                                 f"{input_format!r}")
     if openai_batch not in (None, "prepare", "collect") or bool(results) != (
             openai_batch == "collect"):
         raise typer.BadParameter("use --openai-batch prepare, or --openai-batch collect "
@@ -106,6 +111,10 @@ def _check(input_format: str, openai_batch: str | None, results: list[Path] | No
                                  + " go with --engine ray")
     if engine_name == "ray" and openai_batch:
         raise typer.BadParameter("--openai-batch runs with the local engine")
+    if output.suffix.lower() in (".parquet", ".pq") and (openai_batch or engine_name == "ray"):
+        raise typer.BadParameter(
+            "OUTPUT is a directory with --engine ray (--merge OUT.parquet writes Parquet)"
+            if engine_name == "ray" else "--openai-batch writes JSONL: name OUTPUT .jsonl")
 
 
 def _prepare(engine: Engine, source: str, output: Path, options: BatchOptions) -> None:
