@@ -21,11 +21,14 @@ from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.index import LabelIndex, chroma_client
 from service.batch.manifest import read_done
 from service.batch.merge import merge_parts
+from service.batch.parquet_output import parquet_records
 from service.batch.ray_run import RayOptions, ShardFailedError, run_batch_ray
+from service.batch.report import summary
 from service.batch.run import BatchOptions, run_batch
 from service.engine import open_engine
 from tests.conftest import MINI_CATALOG, make_settings
 from tests.fake_openai import FakeOpenAI, Reply
+from tests.test_batch_parquet import faulty_table, plain
 from tests.test_batch_shards import TOPICS, lines_with_faults, read
 from tests.test_determinism import HashEmbedder
 from tests.test_determinism import catalog as determinism_catalog
@@ -79,9 +82,21 @@ def llm_env(fake: FakeOpenAI) -> dict[str, str]:
 
 
 def write_rows(path: Path, count: int) -> list[dict]:
+    """`count` rows as JSONL, or as Parquet when `path` is named .parquet."""
     rows = [{"id": f"k{i}", "text": f"item {i}: {TOPICS[i % 6]}"} for i in range(count)]
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    if path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=20)
+    else:
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return rows
+
+
+def llm_settings(tmp_path: Path, db: Path, fake: FakeOpenAI) -> Any:
+    return make_settings(tmp_path, db=db, llm_base_url=fake.base_url, llm_api_key="test",
+                         llm_model="fake-model", llm_max_attempts=1, llm_concurrency=2, top_k=5)
 
 
 def part_lines(out: Path) -> int:
@@ -124,19 +139,19 @@ def test_same_labels_and_scores_on_an_approximate_graph_at_the_niceness_asked(
     assert read(tmp_path / "merged.jsonl") == read(tmp_path / "local.jsonl")
 
 
+@pytest.mark.parametrize("name", ["in.jsonl", "in.parquet"])
 def test_killed_worker_redoes_only_its_unwritten_records(tmp_path: Path, db: Path,
-                                                         fake_llm: FakeOpenAI) -> None:
+                                                         fake_llm: FakeOpenAI,
+                                                         name: str) -> None:
     fake_llm.default = answer = Tracked(delay_s=0.15)
-    rows = write_rows(tmp_path / "in.jsonl", 48)
-    settings = make_settings(tmp_path, db=db, llm_base_url=fake_llm.base_url,
-                             llm_api_key="test", llm_model="fake-model", llm_max_attempts=1,
-                             llm_concurrency=2, top_k=5)
+    rows = write_rows(tmp_path / name, 48)
+    settings = llm_settings(tmp_path, db, fake_llm)
     outcome: dict[str, Any] = {}
 
     def drive() -> None:
         try:
             outcome["run"] = run_batch_ray(
-                open_engine(settings), str(tmp_path / "in.jsonl"), tmp_path / "out",
+                open_engine(settings), str(tmp_path / name), tmp_path / "out",
                 BatchOptions(mode="llm", chunk_size=4), TWO_WORKERS, tty=False)
         except Exception as exc:  # reported by the assertion below
             outcome["error"] = exc
@@ -161,9 +176,7 @@ def test_shard_out_of_retries_fails_the_run_and_a_rerun_finishes(
         tmp_path: Path, db: Path, fake_llm: FakeOpenAI) -> None:
     fake_llm.default = Tracked(delay_s=0.15)
     rows = write_rows(tmp_path / "in.jsonl", 48)
-    settings = make_settings(tmp_path, db=db, llm_base_url=fake_llm.base_url,
-                             llm_api_key="test", llm_model="fake-model", llm_max_attempts=1,
-                             llm_concurrency=2, top_k=5)
+    settings = llm_settings(tmp_path, db, fake_llm)
     options = BatchOptions(mode="llm", chunk_size=4)
     failed: list[Exception] = []
 
@@ -217,7 +230,7 @@ def test_driver_sigkill_then_rerun_exactly_once(tmp_path: Path, db: Path, fake_l
     command = [*CLI, "batch", str(tmp_path / "in.jsonl"), str(out), "--db", str(db),
                "--mode", "llm", "--engine", "ray", "--address", ray_session, "--workers", "2",
                "--concurrency", "2", "--shard-size", "12", "--chunk-size", "4",
-               "--merge", str(merged)]
+               "--merge", str(merged), "--no-cache"]  # cached in-flight answers: not asked
     log = (tmp_path / "victim.log").open("wb")
     victim = subprocess.Popen(command, env=llm_env(fake_llm), stdout=log, stderr=log)
     deadline = time.monotonic() + 180
@@ -249,3 +262,49 @@ def test_driver_sigkill_then_rerun_exactly_once(tmp_path: Path, db: Path, fake_l
     assert [r["id"] for r in read(merged)] == [r["id"] for r in rows]
     assert fake_llm.request_count - before == len(rows) - kept  # only unfinished work redone
     assert f"({len(rows) - kept} written now, {kept} already there)" in rerun.stderr
+
+
+def test_parquet_in_and_merged_parquet_out_give_the_local_records(tmp_path: Path,
+                                                                  db: Path) -> None:
+    import pyarrow.parquet as pq
+
+    pq.write_table(faulty_table(30), tmp_path / "in.parquet", row_group_size=8)
+    options = BatchOptions(mode="retrieval", text_field="body", id_field="doc_id")
+    engine = open_engine(make_settings(tmp_path, db=db))
+    run = run_batch_ray(engine, str(tmp_path / "in.parquet"), tmp_path / "out", options,
+                        RayOptions(workers=2, shard_size=8), tty=False)
+    assert run.stats.records == 30 and run.stats.total == 30
+    # Row 10 repeats the id of row 2 in another shard: a duplicate_id record once merged.
+    assert merge_parts(tmp_path / "out", tmp_path / "merged.parquet") == 1
+    run_batch(engine, str(tmp_path / "in.parquet"), tmp_path / "local.parquet", options,
+              tty=False)
+    merged = [plain(r) for r in parquet_records(tmp_path / "merged.parquet")]
+    assert merged == [plain(r) for r in parquet_records(tmp_path / "local.parquet")]
+    assert [r["line"] for r in merged] == list(range(1, 31))
+    assert [r["error"]["code"] for r in merged if "error" in r] == [
+        "invalid_input", "invalid_text", "text_too_long", "duplicate_id"]
+
+
+def test_a_second_run_takes_every_answer_from_the_one_cache(tmp_path: Path, db: Path,
+                                                            fake_llm: FakeOpenAI) -> None:
+    fake_llm.default = Tracked(delay_s=0.0)
+    rows = write_rows(tmp_path / "in.jsonl", 24)
+    options = BatchOptions(mode="llm", chunk_size=4, cache_dir=tmp_path / "cache")
+    engine = open_engine(llm_settings(tmp_path, db, fake_llm))
+    first = run_batch_ray(engine, str(tmp_path / "in.jsonl"), tmp_path / "one", options,
+                          TWO_WORKERS, tty=False)
+    assert fake_llm.request_count == len(rows) and first.stats.cached_answers == 0
+    # Both workers wrote to the one store (one shard each at least), through its actor.
+    second = run_batch_ray(engine, str(tmp_path / "in.jsonl"), tmp_path / "two", options,
+                           TWO_WORKERS, tty=False)
+    assert fake_llm.request_count == len(rows)  # not one request more
+    assert second.stats.cached_answers == len(rows) and len(second.workers) == 2
+    assert second.stats.cached_usage.prompt_tokens > 0
+    assert f"LLM answers from the cache: {len(rows)} (no request;" in summary(
+        second.stats, "fake-model", {})
+    merge_parts(tmp_path / "one", tmp_path / "one.jsonl")
+    merge_parts(tmp_path / "two", tmp_path / "two.jsonl")
+    assert [r["labels"] for r in read(tmp_path / "one.jsonl")] == [
+        r["labels"] for r in read(tmp_path / "two.jsonl")]
+    assert all(r["mode"] == "llm" and r["llm_attempts"] == 0
+               for r in read(tmp_path / "two.jsonl"))

@@ -1,4 +1,5 @@
-"""One output file, in input order, from the part files of a finished sharded run."""
+"""One output file (JSONL, or Parquet by its name), in input order, from the part files of a
+finished sharded run."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from retrieval.errors import LabelrankError
 from service.batch.io import CorruptOutputError, DuplicateIdError, duplicate_error, record_key
 from service.batch.manifest import ShardedOutput, read_done
+from service.batch.parquet_output import is_parquet_output, jsonl_records, write_parquet
 from service.batch.shards import Shard
 from service.batch.sidecar import read_meta
 
@@ -44,7 +46,11 @@ def merge_parts(root: Path, target: Path) -> int:
                 handle.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, target)
+    if is_parquet_output(target):
+        write_parquet(target, [lambda: jsonl_records(tmp)])
+        tmp.unlink()
+    else:
+        os.replace(tmp, target)
     return repeated
 
 

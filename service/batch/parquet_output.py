@@ -88,7 +88,7 @@ def write_parquet(target: Path, sources: list[Callable[[], Iterable[dict]]]) -> 
     if "id" in schema.names:
         schema = schema.set(schema.get_field_index("id"),
                             pa.field("id", pa.string() if as_text else pa.int64()))
-    tmp = target.with_name(target.name + ".tmp")
+    tmp = target.with_name(target.name + ".writing")  # not .tmp: a merge's JSONL is there
     written = 0
     with pq.ParquetWriter(tmp, schema) as writer:
         for source in sources:

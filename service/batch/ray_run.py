@@ -18,12 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prompts.selector import Usage
 from retrieval.errors import LabelrankError, require_extra
 from service.batch.io import STDIN, InvalidInputError
 from service.batch.manifest import ShardedOutput, file_lock, open_output
 from service.batch.report import Progress, Stats
 from service.batch.run import DEFAULTS, BatchOptions
 from service.batch.shard_worker import ShardWorker
+from service.batch.shared_answers import RemoteStore, start_answer_store
 from service.batch.sidecar import run_config
 from service.engine import Engine
 from service.settings import Settings
@@ -89,6 +91,7 @@ def run_batch_ray(engine: Engine, source: str, output: Path, options: BatchOptio
         for earlier in out.done.values():
             stats.add(earlier)
         stats.previous, stats.written = stats.records, 0
+        stats.cached_answers, stats.cached_usage = 0, Usage()  # this run's, as for one file
         run = RayRun(stats)
         todo = [s for s in out.shards if s.index not in out.done]
         if todo:
@@ -124,13 +127,19 @@ def _label_on_ray(settings: Settings, config: dict, options: BatchOptions,
                             max_concurrency=2)(ShardWorker)  # 2: progress() answers mid-shard
         worker = worker_settings(settings, config["mode"], count, ray_options.cpus_per_worker)
         tag = secrets.token_hex(3)  # names for `ray list actors`, unique per run
-        actors = [remote.options(name=f"labelrank-batch-{tag}-{i}").remote(
-            worker, config, options, ray_options.worker_niceness) for i in range(count)]
-        places = _get(ray, [actor.start.remote() for actor in actors])
+        answers = None
+        if config["mode"] == "llm" and options.cache_dir is not None:
+            store = start_answer_store(ray, options.cache_dir, f"labelrank-answers-{tag}")
+            actors.append(store)  # stopped with the workers
+            answers = RemoteStore(store)
+        workers = [remote.options(name=f"labelrank-batch-{tag}-{i}").remote(
+            worker, config, options, ray_options.worker_niceness, answers) for i in range(count)]
+        actors += workers
+        places = _get(ray, [actor.start.remote() for actor in workers])
         run.startup_s = time.monotonic() - started
-        _drain(ray, ActorPool(actors), actors, deque(todo), out, progress)
+        _drain(ray, ActorPool(workers), workers, deque(todo), out, progress)
         run.labeling_s = time.monotonic() - started - run.startup_s
-        rss = _get(ray, [actor.peak_rss_mb.remote() for actor in actors])
+        rss = _get(ray, [actor.peak_rss_mb.remote() for actor in workers])
         run.workers = [{**place, "peak_rss_mb": mb} for place, mb in zip(places, rss,
                                                                           strict=True)]
     finally:

@@ -53,13 +53,17 @@ class Stats:
         self.degraded.update(other.degraded)
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
+        self.cached_answers += other.cached_answers
+        self.cached_usage = self.cached_usage + other.cached_usage
 
     def to_dict(self) -> dict[str, object]:
         """The counts as JSON-ready data (timing left out)."""
         return {"previous": self.previous, "written": self.written, "results": self.results,
                 "errors": dict(self.errors), "degraded": dict(self.degraded),
                 "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens}
+                "completion_tokens": self.completion_tokens,
+                "cached_answers": self.cached_answers,
+                "cached_usage": self.cached_usage.model_dump()}
 
     @classmethod
     def from_dict(cls, data: dict) -> Stats:
@@ -67,7 +71,9 @@ class Stats:
         return cls(previous=data["previous"], written=data["written"], results=data["results"],
                    errors=Counter(data["errors"]), degraded=Counter(data["degraded"]),
                    prompt_tokens=data["prompt_tokens"],
-                   completion_tokens=data["completion_tokens"])
+                   completion_tokens=data["completion_tokens"],
+                   cached_answers=data.get("cached_answers", 0),  # done logs of older runs
+                   cached_usage=Usage(**data.get("cached_usage", {})))
 
     @property
     def records(self) -> int:

@@ -13,8 +13,12 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
+from typing import Any
 
+from prompts.answer_cache import CachedSelector
+from prompts.selector import Usage
 from retrieval.errors import LabelrankError
+from service.adapters import cached_answers
 from service.batch.io import OutputWriter, scan_output
 from service.batch.manifest import file_lock
 from service.batch.report import Stats
@@ -22,6 +26,7 @@ from service.batch.run import BatchOptions, labeled_chunks
 from service.batch.shards import Shard, shard_records
 from service.batch.sidecar import BatchMismatchError, differences, run_config
 from service.engine import Engine, open_engine
+from service.pipeline import Pipeline
 from service.settings import Settings
 
 COPIES = Path(tempfile.gettempdir()) / "labelrank-index-copies"
@@ -37,12 +42,15 @@ class ShardWorker:
     """Labels whole shards with one engine; a shard resumes record by record from its part."""
 
     def __init__(self, settings: Settings, config: dict, options: BatchOptions,
-                 niceness: int | None = None) -> None:
+                 niceness: int | None = None, answers: Any = None) -> None:
         self._settings = settings
         self._niceness = niceness
         self._config = config
         self._options = options
+        self._answers = answers  # the run's answer cache (a Store, or the actor's RemoteStore)
+        self._cached: CachedSelector | None = None
         self._engine: Engine | None = None
+        self._pipeline: Pipeline | None = None
         self._copy: Path | None = None
         self._shard: int | None = None
         self._written = 0
@@ -66,7 +74,9 @@ class ShardWorker:
     def label_shard(self, shard: Shard, part: Path) -> tuple[int, Stats]:
         """Label the records of `shard` not yet in its part file; the shard's counts."""
         engine = self._ready()
+        pipeline = self._pipeline or engine.pipeline
         stats = Stats()
+        hits, saved = (self._cached.hits, self._cached.saved) if self._cached else (0, Usage())
 
         def seen(record: dict) -> None:
             stats.count(record)
@@ -80,7 +90,7 @@ class ShardWorker:
                                    self._config["id_field"]) as records, \
                         OutputWriter(part) as writer:
                     todo = (r for r in records if r.key not in done)
-                    for chunk in labeled_chunks(engine.pipeline, todo, self._config["mode"],
+                    for chunk in labeled_chunks(pipeline, todo, self._config["mode"],
                                                 self._options, engine.settings.llm_concurrency):
                         if shard.file is not None:
                             chunk = [{"file": shard.file, **record} for record in chunk]
@@ -91,6 +101,12 @@ class ShardWorker:
                         self._written = stats.written
             finally:
                 self._shard = None
+        if self._cached:
+            stats.cached_answers = self._cached.hits - hits
+            now = self._cached.saved
+            stats.cached_usage = Usage(prompt_tokens=now.prompt_tokens - saved.prompt_tokens,
+                                       completion_tokens=now.completion_tokens
+                                       - saved.completion_tokens)
         return shard.index, stats
 
     def close(self) -> None:
@@ -113,6 +129,10 @@ class ShardWorker:
                     f"the worker on {socket.gethostname()} sees another index or settings than "
                     f"the driver ({'; '.join(changed[:8])})", changed=changed)
             self._engine = engine
+            if self._answers is not None and self._config["mode"] == "llm":
+                self._cached = cached_answers(engine.pipeline.selector, self._answers)
+                if self._cached:
+                    self._pipeline = engine.pipeline.with_parts(selector=self._cached)
         return self._engine
 
 
