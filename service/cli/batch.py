@@ -42,7 +42,8 @@ def batch(
     openai_batch: Annotated[str | None, typer.Option(help="prepare | collect")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help=(
         "Ask the LLM again even where the same request was answered before (the answer "
-        "cache in .labelrank-cache/, shared with eval)."))] = False,
+        "cache in .labelrank-cache/, shared with eval and, with --engine ray, by every "
+        "worker)."))] = False,
     engine_name: Annotated[str, typer.Option("--engine", help=(
         "local (one process) | ray (shards on Ray workers; INPUT a file or a directory, "
         "OUTPUT a directory)"))] = "local",
