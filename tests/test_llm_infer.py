@@ -15,6 +15,8 @@ from eval.run import EvalConfig, run_eval
 from prompts.answer import InvalidAnswer
 from prompts.infer_answer import MAX_PHRASE_CHARS, parse_phrases
 from retrieval.index import LabelIndex
+from service.batch.report import summary
+from service.batch.run import BatchOptions, run_batch
 from service.engine import open_engine
 from service.factory import build_pipeline
 from service.pipeline import ClassifyOptions, Pipeline
@@ -152,6 +154,26 @@ def test_the_infer_answer_is_cached_and_its_tokens_counted(
     run(llm_infer_phrases=3)  # another infer request; the same shortlists, so selects cached
     assert fake_llm.request_count == 4 * len(texts)
     assert all(is_infer(r) for r in fake_llm.requests[-len(texts):])
+
+
+def test_batch_counts_and_caches_the_infer_step(tmp_path: Path, mini_index: LabelIndex,
+                                                fake_llm: FakeOpenAI) -> None:
+    source = tmp_path / "in.jsonl"
+    texts = [TEXT, "my puppy chews the sofa"]
+    source.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n"
+                              for i, t in enumerate(texts)))
+    fake_llm.default = answer([TAX_PHRASE], "Taxes")
+    engine = open_engine(infer_settings(tmp_path, fake_llm), index=mini_index)
+    options = BatchOptions(mode="llm", cache_dir=tmp_path / "cache")
+    first = run_batch(engine, str(source), tmp_path / "out.jsonl", options, tty=False)
+    assert fake_llm.request_count == 2 * len(texts)
+    tokens = (len(texts) * (INFER_USAGE[0] + SELECT_USAGE[0]),
+              len(texts) * (INFER_USAGE[1] + SELECT_USAGE[1]))
+    assert (first.prompt_tokens, first.completion_tokens) == tokens
+    assert f"{tokens[0]} prompt + {tokens[1]} completion" in summary(first, "fake-model", {})
+    again = run_batch(engine, str(source), tmp_path / "again.jsonl", options, tty=False)
+    assert fake_llm.request_count == 2 * len(texts)  # both steps answered from the cache
+    assert again.cached_answers == 2 * len(texts)
 
 
 def test_a_timeout_degrades_to_plain_retrieval(pipeline: Pipeline,
