@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import time
 from dataclasses import replace
@@ -135,7 +136,8 @@ def logistic(index: LabelIndex, vectors: np.ndarray, multi: bool) -> list[dict[s
     return [dict(zip(classes, row.tolist(), strict=True)) for row in probabilities]
 
 
-def run(folder: str, root: Path, modes: list[str], weights: list[float]) -> None:
+def run(folder: str, root: Path, modes: list[str], weights: list[float],
+        hard_negatives: list[int]) -> None:
     index = built_index(folder, root)
     data = rows(DATA / folder / "valid.jsonl")
     dev_rows, _ = halves(data)
@@ -154,17 +156,20 @@ def run(folder: str, root: Path, modes: list[str], weights: list[float]) -> None
           f"{100 * recall:.1f}", flush=True)
     print(json.dumps({"set": folder, **measure("retrieval", scored(shortlists), data, dev,
                                                report)}), flush=True)
-    for mode in modes:
-        info = train_index_head(index, replace(head_config(Settings(_env_file=None)),
-                                                mode=mode))  # type: ignore[arg-type]
+    defaults = head_config(Settings(_env_file=None))
+    for mode, hard in itertools.product(modes, hard_negatives or [defaults.hard_negatives]):
+        # No time cap: a loaded machine must not cut the epochs the figures are about.
+        config = replace(defaults, mode=mode, hard_negatives=hard, max_seconds=1e9)
+        info = train_index_head(index, config)
         assert info is not None
-        print(f"# {folder}: head {mode}: {info.examples} examples, {info.labels} labels, "
-              f"{info.epochs} epochs, {info.seconds} s (not a timing: shared cores)", flush=True)
+        print(f"# {folder}: head {mode}, {hard} hard negatives: {info.examples} examples, "
+              f"{info.labels} labels, {info.epochs} epochs, {info.seconds} s (not a timing: "
+              "shared cores)", flush=True)
         for weight in weights:
             ranked = retriever.rank(search, stages=[HeadStage(weight)])
-            print(json.dumps({"set": folder, **measure(f"+head({mode},w={weight:g})",
-                                                       scored(ranked), data, dev, report)}),
-                  flush=True)
+            name = f"+head({mode},h={hard},w={weight:g})"
+            print(json.dumps({"set": folder, **measure(name, scored(ranked), data, dev,
+                                                       report)}), flush=True)
     started = time.perf_counter()
     probabilities = logistic(index, np.asarray(search.vectors), multi)
     print(json.dumps({"set": folder, **measure("logistic regression C=10", probabilities, data,
@@ -178,9 +183,11 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("/tmp/labelrank-head"))
     parser.add_argument("--modes", nargs="+", default=["ovr", "softmax"])
     parser.add_argument("--weights", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0])
+    parser.add_argument("--hard-negatives", type=int, nargs="+", default=[],
+                        help="hard negatives per example to compare (default: Settings')")
     args = parser.parse_args()
     for folder in args.datasets:
-        run(folder, args.root, args.modes, args.weights)
+        run(folder, args.root, args.modes, args.weights, args.hard_negatives)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from retrieval.catalog import Catalog, Label, load_catalog
 from retrieval.embedder import Embedder
 from retrieval.fusion import Aggregation
 from retrieval.head import HeadStage
-from retrieval.head_train import TrainConfig, fit_head
+from retrieval.head_train import TrainConfig, _hard_negatives, _padded, _prototypes, fit_head
 from retrieval.index import LabelIndex, chroma_client
 from retrieval.retriever import Retriever
 from service.engine import open_engine
@@ -215,6 +215,24 @@ def test_training_is_deterministic_and_both_modes_learn_multi_label_sets() -> No
         assert right > 0.9, mode
         both = [n for n, labels in enumerate(label_sets) if len(labels) == 2]
         assert np.mean(np.isin(np.argsort(-logits[both], axis=1)[:, :2], [0, 1])) > 0.9, mode
+
+
+def test_hard_negatives_are_the_nearest_other_prototypes_as_brute_force_finds_them() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(120, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    label_sets = [[n % 7] if n % 3 else [n % 7, (n + 2) % 7] for n in range(120)]
+    positives = _padded(label_sets)
+    prototypes = _prototypes(x, positives, 7)
+    # 7 labels: every label's neighbour pool holds all the others, so the two-step search
+    # must find exactly what one pass over every prototype finds.
+    config = TrainConfig("ovr", epochs=1, max_seconds=60.0, hard_negatives=3,
+                         random_negatives=0)
+    found = _hard_negatives(x, positives, prototypes, config)
+    for vector, labels, row in zip(x, label_sets, found, strict=True):
+        others = [label for label in np.argsort(-(prototypes @ vector), kind="stable")
+                  if label not in labels]
+        assert row.tolist() == others[:3]
 
 
 def test_info_says_the_head_is_on(tmp_path: Path) -> None:
