@@ -24,11 +24,12 @@ from retrieval.iterables import chunks
 from retrieval.journal import Journal
 
 COMPLETE = "complete"  # set on a generation's vectors collection once it holds every row
-# Compact once dead graph slots outnumber half the live ones and 50,000. A compaction has a
-# cost of its own: each reopened client's system keeps memory the old one does not give back
-# (compacting every 500 dead slots plateaued 50 MB above never compacting, after 5,000 dead
-# slots that cost 9 MB), about what 30,000 dead slots hold. Past that, dead slots grow without
-# bound and compaction bounds them.
+# The defaults of LABELRANK_COMPACT_DEAD_RATIO and LABELRANK_COMPACT_MIN_DEAD_SLOTS: compact
+# once dead graph slots outnumber half the live ones and 50,000. A compaction has a cost of its
+# own: each reopened client's system keeps memory the old one does not give back (compacting
+# every 500 dead slots plateaued 50 MB above never compacting, after 5,000 dead slots that
+# cost 9 MB), about what 30,000 dead slots hold. Past that, dead slots grow without bound and
+# compaction bounds them.
 COMPACT_RATIO = 0.5
 COMPACT_MIN = 50_000
 _COPY_LABELS = 256
@@ -119,6 +120,8 @@ class Compaction:
     _slots: int
     _count: int
     _labels: dict
+    compact_ratio: float
+    compact_min: int
 
     def _open(self, generation: int) -> tuple[Any, Any]:
         raise NotImplementedError
@@ -127,8 +130,11 @@ class Compaction:
         """Graph slots still held by deleted or replaced vectors and label records."""
         return max(0, self._slots - self._count - len(self._labels))
 
-    def compaction_due(self, ratio: float = COMPACT_RATIO, minimum: int = COMPACT_MIN) -> bool:
-        """Whether dead slots outnumber `ratio` of the live ones, and `minimum`."""
+    def compaction_due(self, ratio: float | None = None, minimum: int | None = None) -> bool:
+        """Whether dead slots outnumber `ratio` of the live ones, and `minimum` (by default the
+        index's own thresholds, `compact_ratio` and `compact_min`)."""
+        ratio = self.compact_ratio if ratio is None else ratio
+        minimum = self.compact_min if minimum is None else minimum
         live = self._count + len(self._labels)
         return self.compactable() and self.dead_slots() > max(minimum, ratio * live)
 

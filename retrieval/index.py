@@ -148,8 +148,13 @@ class LabelIndex(Compaction):
     """Label vectors and label records in two Chroma collections, guarded by the embedder name."""
 
     def __init__(self, client, embedder: Embedder, name: str = "labelrank",
-                 hnsw: dict | None = None, prototypes: bool | None = None) -> None:
+                 hnsw: dict | None = None, prototypes: bool | None = None,
+                 compact_ratio: float = generations.COMPACT_RATIO,
+                 compact_min: int = generations.COMPACT_MIN) -> None:
         self.embedder = embedder
+        # When compaction is due (`compaction_due`): dead slots over this share of the live
+        # ones and over this many.
+        self.compact_ratio, self.compact_min = compact_ratio, compact_min
         self._client, self._name = client, name
         self._config = {"hnsw": {"space": "cosine", "sync_threshold": _SYNC_THRESHOLD,
                                  **(hnsw or {})}}

@@ -88,7 +88,8 @@ def build_index(settings: Settings, embedder: Embedder | None = None,
     # An explicit LABELRANK_PROTOTYPES turns prototypes on or off; unset, the index keeps its own.
     prototypes = settings.prototypes if "prototypes" in settings.model_fields_set else None
     return LabelIndex(client, embedder or build_embedder(settings), name=settings.collection,
-                      hnsw=hnsw, prototypes=prototypes)
+                      hnsw=hnsw, prototypes=prototypes, compact_ratio=settings.compact_dead_ratio,
+                      compact_min=settings.compact_min_dead_slots)
 
 
 @lru_cache(maxsize=16)

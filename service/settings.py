@@ -33,6 +33,11 @@ class Settings(BaseSettings):
     hnsw_ef_construction: int = Field(100, ge=8)
     hnsw_ef_search: int = Field(100, ge=8)
     hnsw_max_neighbors: int = Field(16, ge=4)
+    # The server compacts the index (retrieval/generations.py) once the graph slots that label
+    # writes left dead outnumber this share of the live ones and this many (today's values, as
+    # generations.COMPACT_RATIO and COMPACT_MIN; low ones make a soak cross compactions).
+    compact_dead_ratio: float = Field(0.5, ge=0)
+    compact_min_dead_slots: int = Field(50_000, ge=0)
 
     # Retrieval
     neighbours: int = Field(100, ge=1, le=2000)

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from functools import lru_cache
 
-from retrieval.generations import COMPACT_MIN, COMPACT_RATIO
 from retrieval.index import LabelIndex
 
 log = logging.getLogger("labelrank.maintenance")
@@ -42,11 +41,12 @@ def trim_heap() -> bool:
 
 class Maintenance:
     """Every `every_s` seconds: trim the heap, and compact the index once its dead slots
-    outnumber `ratio` of the live ones and `minimum`."""
+    outnumber `ratio` of the live ones and `minimum` (None: the index's own thresholds, as
+    LABELRANK_COMPACT_DEAD_RATIO and LABELRANK_COMPACT_MIN_DEAD_SLOTS set them)."""
 
     def __init__(self, index: Callable[[], LabelIndex | None], every_s: float = EVERY_S,
                  on_compacted: Callable[[int, float], None] | None = None,
-                 ratio: float = COMPACT_RATIO, minimum: int = COMPACT_MIN) -> None:
+                 ratio: float | None = None, minimum: int | None = None) -> None:
         self.index = index
         self.every_s = every_s
         self.on_compacted = on_compacted
