@@ -231,6 +231,21 @@ def test_resume_checks_index_and_settings(tmp_path: Path, db: Path, index: Label
                   BatchOptions(mode="retrieval", force=True), tty=False)
 
 
+def test_resume_ignores_settings_that_do_not_change_answers(tmp_path: Path, db: Path,
+                                                           index: LabelIndex) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl",
+                         [{"id": i, "text": TOPICS[i % 6]} for i in range(6)])
+    output = tmp_path / "out.jsonl"
+    run_batch(open_engine(make_settings(tmp_path, db=db), index=index), str(source), output,
+              RETRIEVAL, tty=False)
+    lines = output.read_text().splitlines(keepends=True)
+    output.write_text("".join(lines[:3]))
+    upkeep = make_settings(tmp_path, db=db, compact_min_dead_slots=10, compact_dead_ratio=0.1)
+    stats = run_batch(open_engine(upkeep, index=index), str(source), output, RETRIEVAL,
+                      tty=False)
+    assert (stats.previous, stats.written) == (3, 3)
+
+
 def test_prepare_then_collect(tmp_path: Path, db: Path, index: LabelIndex,
                               fake_llm: FakeOpenAI) -> None:
     rows = [{"id": f"t{i}", "text": f"item {i}: {TOPICS[i]}"} for i in range(6)]

@@ -19,7 +19,8 @@ OPERATIONAL = frozenset({
     "llm_api_key", "llm_timeout_s", "llm_max_attempts", "llm_max_wait_s", "llm_max_total_s",
     "llm_concurrency",
     "llm_prices", "api_key", "api_write_key", "max_body_bytes", "max_batch_items",
-    "microbatch_size", "microbatch_wait_ms", "index_refresh_s", "feedback_log"})
+    "microbatch_size", "microbatch_wait_ms", "index_refresh_s", "feedback_log",
+    "compact_dead_ratio", "compact_min_dead_slots"})
 LLM_ONLY = frozenset({"prompt", "max_text_tokens", "max_prompt_tokens"})
 
 
