@@ -10,12 +10,23 @@ import threading
 from collections.abc import Sequence
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Protocol
 
 from prompts.render import Option
 from prompts.selector import DIALECTS, LLMSelector, ResponseFormat, Selection, Usage
 
 # Where eval and batch labeling keep their caches unless told otherwise (`--no-cache`: none).
 CACHE_DIR = Path(".labelrank-cache")
+
+
+class KeyValueStore(Protocol):
+    """Where cached answers live: this module's SQLite store, or a Ray actor in front of one."""
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, str]:
+        """Values of the keys that are present."""
+
+    def put_many(self, items: dict[str, str]) -> None:
+        """Store values (replacing any)."""
 
 
 class Store:
@@ -62,7 +73,7 @@ def cache_key(*parts: object) -> str:
 class CachedSelector:
     """An LLMSelector whose answers are remembered per (endpoint, exact request body)."""
 
-    def __init__(self, selector: LLMSelector, store: Store) -> None:
+    def __init__(self, selector: LLMSelector, store: KeyValueStore) -> None:
         self.inner = selector
         self.store = store
         self.hits = 0

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from prompts.answer_cache import CachedSelector, Store
+from prompts.answer_cache import CachedSelector, KeyValueStore
 from prompts.infer import Inference, InferringSelector
 
 
 class CachedInferringSelector(CachedSelector):
     """A CachedSelector over an InferringSelector: both steps' answers are cached."""
 
-    def __init__(self, selector: InferringSelector, store: Store) -> None:
+    def __init__(self, selector: InferringSelector, store: KeyValueStore) -> None:
         super().__init__(selector, store)
         self.inferring = selector
 

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import retrieval
-from prompts.answer_cache import CachedSelector, Store, cache_key
+from prompts.answer_cache import CachedSelector, KeyValueStore, cache_key
 from prompts.infer import InferringSelector
 from prompts.infer_cache import CachedInferringSelector
 from prompts.render import Option, RenderedPrompt
@@ -97,7 +97,7 @@ def with_evidence(source: CandidateSource) -> CandidateSource:
     return reading
 
 
-def cached_answers(selector: Selector | None, store: Store) -> CachedSelector | None:
+def cached_answers(selector: Selector | None, store: KeyValueStore) -> CachedSelector | None:
     """The LLM selector with its answers (the infer step's too) remembered in `store`; None
     for any other selector (nothing to cache)."""
     if isinstance(selector, InferringSelector):
@@ -121,7 +121,7 @@ def _digest(ids: frozenset[str] | None) -> str | None:
 class CachedRetriever:
     """A Retriever whose shortlists are remembered per (text, index fingerprint, settings)."""
 
-    def __init__(self, retriever: Retriever, store: Store) -> None:
+    def __init__(self, retriever: Retriever, store: KeyValueStore) -> None:
         self.inner = retriever
         self.store = store
 
