@@ -13,6 +13,14 @@ leaks in. Indexes are built once under --root and reused. Test splits are never 
 this tree and, with --before-tree, in a checkout of an older commit, back to back:
 
     python -m bench.self_calibration speed --root /tmp/lr-selfcal --before-tree /tmp/lr-before
+
+`bound` runs self-calibration as `labelrank index` does (after the head's training), under the
+plan before issue 25 (every variant on the whole sample, the full grid, no stage output reused,
+no budget) and the bounded plan of today, back to back on the same index, and prints each one's
+seconds, its ratio to the index's embedding time, its work (settings ranked, texts ranked,
+texts encoded) and the chosen settings' metrics on the report half b (the demo: its gold set):
+
+    python -m bench.self_calibration bound --datasets demo hwu64 clinc150 --root /tmp/lr-bound
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -30,16 +39,21 @@ from bench.accuracy import DATA, SPECS, _text_half, dataset_catalog
 from eval.calibrate import calibrate
 from eval.datasets import Dataset, load_dataset
 from eval.run import EvalConfig, run_eval
+from retrieval.catalog import load_catalog
 from service.engine import open_engine
-from service.factory import CALIBRATED_FIELDS, build_index, build_pipeline
+from service.factory import build_index, build_pipeline, calibrated_fields, search_space
+from service.jobs.indexing import train_head
 from service.jobs.self_calibration import self_calibrate, shape_record
 from service.settings import Settings
+
+DEMO = Path(__file__).resolve().parents[1] / "service" / "demo_data"
 
 DATASETS = ("esco-tech", "esco-house", "clinc150", "banking77", "hwu64", "nlupp", "codiesp")
 COLUMNS = ("candidate_recall@K", "RP@5", "RP@10", "accuracy", "in_scope_accuracy",
            "none_recall", "f1_samples")
 DEFAULTS = Settings(_env_file=None)
-OLD = {name: getattr(DEFAULTS, name) for name in CALIBRATED_FIELDS}  # before issue 18
+OLD = {name: getattr(DEFAULTS, name) for name in calibrated_fields()  # before issue 18
+       if hasattr(DEFAULTS, name)}
 MAX_SIMILARITY = {**OLD, "aggregation": "max"}
 # The settings docs/accuracy.md chose by hand for ESCO, timed by `speed`.
 SUBQUERIES = {"aggregation": "max", "subqueries": 3, "subquery_neighbours": 50,
@@ -118,6 +132,7 @@ SPEED = """
 import json, sys, time
 from eval.datasets import load_dataset
 from eval.run import EvalConfig, run_eval
+from retrieval.catalog import load_catalog
 from service.engine import open_engine
 from service.settings import Settings
 args = json.loads(sys.argv[1])
@@ -151,10 +166,56 @@ def speed(root: Path, trees: dict[str, Path], limit: int | None, repeat: int) ->
                       f"[{result['retrieval']}]", flush=True)
 
 
+def bound(name: str, root: Path, rounds: int) -> list[dict]:
+    """Old plan against the bounded plan on one catalog, `rounds` times interleaved."""
+    db = root / name
+    settings = Settings(_env_file=None, db=db, llm_base_url=None, llm_api_key=None,
+                        top_k=30 if name == "demo" else SPECS[name].top_k)
+    built = db / "bench-build.json"  # the embedding time, measured when the index was built
+    if name == "demo" or not built.exists():
+        catalog = (load_catalog(DEMO / "catalog.jsonl") if name == "demo"
+                   else dataset_catalog(SPECS[name]))
+        shutil.rmtree(db, ignore_errors=True)
+        started = time.perf_counter()
+        sync = build_index(settings).sync(catalog)
+        seconds = time.perf_counter() - started
+        print(f"  {name} index: +{sync.vectors_added} vectors in {seconds:.1f} s; "
+              f"{train_head(settings, build_index(settings))}", flush=True)
+        built.write_text(json.dumps({"embed_seconds": seconds, "vectors": sync.vectors_added}))
+    embed = json.loads(built.read_text())
+    index = build_index(settings)
+    report = (load_dataset(DEMO / "gold.jsonl") if name == "demo" else halves(name)[1])
+    plans = {"before": (search_space(settings, reuse=False), settings.self_calibration_texts),
+             "bounded": (None, None)}
+    rows = []
+    for attempt in range(rounds):
+        for plan, (space, texts) in plans.items():
+            found = self_calibrate(settings, index, space=space, texts=texts)
+            engine = open_engine(settings.model_copy(update={**OLD, **found.record["settings"]}))
+            run = run_eval(engine, report, EvalConfig(mode="retrieval", cache_dir=None))
+            metrics = {k: round(100 * v, 1) for k, v in run["metrics"].items()
+                       if k in ("f1_samples", "accuracy", "in_scope_accuracy")
+                       or k.startswith("candidate_recall")}
+            row = {"catalog": name, "plan": plan, "round": attempt + 1,
+                   "seconds": round(found.seconds, 1),
+                   "ratio": round(found.seconds / embed["embed_seconds"], 2),
+                   "embed_seconds": round(embed["embed_seconds"], 1),
+                   "work": found.record["dev_set"].get("work", {}),
+                   "retrieval": found.record["retrieval"], "metrics": metrics}
+            rows.append(row)
+            print(f"  {name} {plan} round {attempt + 1}: {row['seconds']} s = {row['ratio']}x "
+                  f"embedding ({row['embed_seconds']} s); {json.dumps(row['work'])}; "
+                  f"[{row['retrieval']}] {json.dumps(metrics)}", flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="?", choices=("accuracy", "speed"), default="accuracy")
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("what", nargs="?", choices=("accuracy", "speed", "bound"),
+                        default="accuracy")
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS),
+                        choices=(*DATASETS, "demo"), help="demo: bound only.")
+    parser.add_argument("--rounds", type=int, default=1, help="bound: rounds, interleaved.")
     parser.add_argument("--root", type=Path, default=Path("/tmp/lr-selfcal"))
     parser.add_argument("--texts", type=int, default=DEFAULTS.self_calibration_texts,
                         help="Pseudo-queries for self-calibration.")
@@ -169,6 +230,11 @@ def main() -> None:
         if args.before_tree:
             trees = {"before": args.before_tree.resolve(), **trees}
         speed(args.root, trees, args.limit, args.repeat)
+        return
+    if args.what == "bound":
+        rows = [row for name in args.datasets for row in bound(name, args.root, args.rounds)]
+        if args.out:
+            args.out.write_text(json.dumps(rows, indent=1))
         return
     results = []
     for name in args.datasets:

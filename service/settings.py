@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     branch_depth: int = Field(0, ge=0, le=32)
     branches: int = Field(3, ge=1, le=100)
     self_calibration_texts: int = Field(400, ge=0)
+    # `labelrank index` stops self-calibration trying settings after this many seconds, or
+    # after as long as the index took to embed when that was longer (what was left is named).
+    self_calibration_seconds: float = Field(30.0, gt=0)
     calibration_min_texts_per_s: float = Field(0.0, ge=0)
     # Learned head (retrieval/head.py): the weight of its probability in a candidate's score
     # (1: order by the head alone; 0: off); used only when the index holds a trained head.

@@ -23,6 +23,7 @@ class MemoIndex:
         self.base = base
         self.embedder = _MemoEmbedder(base.embedder, self)
         self.charged = 0.0  # seconds of remembered work handed out again
+        self.encoded = 0  # texts the encoder ran on (each once)
         self._rows: dict[bytes, tuple[int, list[str], list[float], float]] = {}
         self._stored: dict[str, tuple[np.ndarray, float]] = {}
 
@@ -95,6 +96,7 @@ class _MemoEmbedder:
         if missing:
             started = time.perf_counter()
             vectors = self.base.embed(missing)
+            self.owner.encoded += len(missing)
             each = (time.perf_counter() - started) / len(missing)
             self._vectors.update((t, (v, each)) for t, v in zip(missing, vectors, strict=True))
         fresh = set(missing)
@@ -109,6 +111,7 @@ class _MemoEmbedder:
         if missing:
             started = time.perf_counter()
             vectors, tokens = self.base.embed_with_tokens(missing)
+            self.owner.encoded += len(missing)
             each = (time.perf_counter() - started) / len(missing)
             for text, vector, own in zip(missing, vectors, tokens, strict=True):
                 self._tokens[text] = (own, each)

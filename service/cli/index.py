@@ -52,7 +52,7 @@ def index(
         index = build_index(settings)
         # Before calibration, so that calibration weighs the head.
         typer.echo(train_head(settings, index), err=True)
-        line, _ = calibrate_after_index(settings, index)
+        line, _ = calibrate_after_index(settings, index, seconds)
     typer.echo(line, err=True)
 
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
+
+from tqdm import tqdm
 
 from retrieval.calibration.held_out import HeldOutIndex
 from retrieval.calibration.pseudo_queries import PseudoSet, add_copies, build_pseudo_set
 from retrieval.calibration.scoring import Calibration, calibration_record
-from retrieval.calibration.search import SearchSpace, search_settings
+from retrieval.calibration.search import SearchLog, SearchSpace, search_settings
 from retrieval.calibration.shape import shape_default
 from retrieval.head import LabelHead
 from retrieval.head_train import fit_index_head
@@ -23,6 +27,19 @@ from service.settings import Settings
 # Fewer pseudo-queries than this say nothing a threshold could be fitted to.
 MIN_PSEUDO_TEXTS = 20
 SHAPE_SAMPLE = 200  # labels whose example counts decide the shape default
+# The plan that keeps calibration in proportion to the index it follows. Sub-queries cost ~25
+# encoder passes per text (one per n-gram: 9,458 n-grams for the demo catalog's 377 user-like
+# pseudo-queries, 4.5 times the index's own 2,114 texts), token matching one more pass and a
+# late-interaction score per candidate: their variants are screened on SCREEN texts, and
+# only the best goes on to the whole sample.
+SCREEN = 64
+# A small catalog gets fewer pseudo-queries (down to this many): one per VECTORS_PER_TEXT of
+# its vectors, so that their searches stay a share of what indexing embedded (the demo
+# catalog's 2,114 vectors: 211 instead of 400).
+MIN_TEXTS = 200
+VECTORS_PER_TEXT = 10
+# Every aggregation at the middle depth, then the best GRID_KEEP at the other depths.
+GRID_KEEP = 3
 
 
 @dataclass
@@ -37,12 +54,16 @@ class SelfCalibration:
 
 
 def self_calibrate(settings: Settings, index: LabelIndex, space: SearchSpace | None = None,
-                   min_texts_per_s: float | None = None) -> SelfCalibration:
+                   min_texts_per_s: float | None = None, budget_s: float | None = None,
+                   progress: bool = False, texts: int | None = None) -> SelfCalibration:
     """Calibrate on a pseudo dev set from the catalog (each query's own texts held out of the
-    index); a catalog too small for that gets the shape default. Nothing is saved here."""
+    index; `texts` of them, by default as many as `pseudo_texts` gives the catalog); a
+    catalog too small for that gets the shape default. After `budget_s` seconds no further
+    setting is tried (the record names what was left). Nothing is saved here."""
     started = time.perf_counter()
     catalog = {"catalog_hash": index.fingerprint()["catalog_hash"]}
-    pseudo = _pseudo_set(index, settings.self_calibration_texts)
+    size = texts or pseudo_texts(settings.self_calibration_texts, index.vector_count())
+    pseudo = _pseudo_set(index, size)
     if len(pseudo.texts) < MIN_PSEUDO_TEXTS:
         return SelfCalibration(shape_record(index), pseudo=pseudo,
                                seconds=time.perf_counter() - started)
@@ -54,13 +75,41 @@ def self_calibrate(settings: Settings, index: LabelIndex, space: SearchSpace | N
     # Sub-queries split a text into the parts that may name labels: judge them on texts like
     # users' (held-out examples, several labels joined), not on a label's own name or alias.
     user_like = [i for i, kind in enumerate(pseudo.kinds) if kind in ("example", "composed")]
-    best, results = search_settings(view, pseudo.texts, pseudo.gold, settings.top_k, metric,
-                                    space or search_space(settings), floor,
-                                    user_like if len(user_like) >= MIN_PSEUDO_TEXTS else None)
+    log = SearchLog()
+    deadline = None if budget_s is None else started + budget_s
+    with _progress_bar(progress, log):
+        best, results = search_settings(
+            view, pseudo.texts, pseudo.gold, settings.top_k, metric,
+            space or search_space(settings, screen=SCREEN, grid_keep=GRID_KEEP), floor,
+            user_like if len(user_like) >= MIN_PSEUDO_TEXTS else None, deadline=deadline,
+            log=log)
     seconds = time.perf_counter() - started
+    work = {**log.describe(), **({"budget_s": round(budget_s, 1)} if budget_s is not None else {})}
     record = calibration_record(best, "self", {**pseudo.describe(), **catalog,
-                                               "seconds": round(seconds, 1)})
+                                               "seconds": round(seconds, 1), "work": work})
     return SelfCalibration(record, best, results, pseudo, seconds)
+
+
+def pseudo_texts(most: int, vectors: int) -> int:
+    """How many pseudo-queries a catalog of this many vectors gets (at most `most`)."""
+    return min(most, max(MIN_TEXTS, vectors // VECTORS_PER_TEXT))
+
+
+@contextmanager
+def _progress_bar(shown: bool, log: SearchLog) -> Iterator[None]:
+    """A progress bar of the settings ranked (on a terminal only, as indexing's)."""
+    if not shown:
+        yield
+        return
+    with tqdm(unit="setting", desc="self-calibrating", leave=False, disable=None,
+              mininterval=1.0) as bar:
+        def advance(step: str, done: int, planned: int) -> None:
+            bar.total = planned
+            bar.set_postfix_str(step, refresh=False)
+            bar.update(done - bar.n)
+
+        log.progress = advance
+        yield
 
 
 def head_without(settings: Settings, index: LabelIndex,
@@ -89,10 +138,12 @@ def shape_record(index: LabelIndex) -> dict:
                         "catalog_hash": index.fingerprint()["catalog_hash"]}}
 
 
-def calibrate_after_index(settings: Settings, index: LabelIndex) -> tuple[str, dict | None]:
+def calibrate_after_index(settings: Settings, index: LabelIndex,
+                          embed_seconds: float = 0.0) -> tuple[str, dict | None]:
     """At the end of `labelrank index`: keep a calibration from labeled data, skip an unchanged
-    catalog, else self-calibrate (or, switched off, save the shape default). Returns what
-    happened in a line, and the record saved (None when nothing was)."""
+    catalog, else self-calibrate within LABELRANK_SELF_CALIBRATION_SECONDS or the index's
+    `embed_seconds`, whichever is longer (or, switched off, save the shape default). Returns
+    what happened in a line, and the record saved (None when nothing was)."""
     saved = index.calibration()
     current = index.fingerprint()["catalog_hash"]
     if saved and saved.get("source", "labeled") == "labeled":
@@ -104,13 +155,15 @@ def calibrate_after_index(settings: Settings, index: LabelIndex) -> tuple[str, d
         record = shape_record(index)
         index.save_calibration(record)
         return f"shape default saved: {record['settings']}", record
-    found = self_calibrate(settings, index)
+    budget = max(settings.self_calibration_seconds, embed_seconds)
+    found = self_calibrate(settings, index, budget_s=budget, progress=True)
     index.save_calibration(found.record)
-    return summary(found), found.record
+    return summary(found, embed_seconds), found.record
 
 
-def summary(found: SelfCalibration) -> str:
-    """One line on a self-calibration: the dev set, the setting chosen, its cost."""
+def summary(found: SelfCalibration, embed_seconds: float = 0.0) -> str:
+    """One line on a self-calibration: the dev set, the setting chosen, its cost (against the
+    index's embedding time, when given), what a spent budget left untried."""
     if found.best is None:
         n = len(found.pseudo.texts) if found.pseudo else 0
         return (f"catalog too small to calibrate itself ({n} pseudo-queries); shape default "
@@ -118,7 +171,12 @@ def summary(found: SelfCalibration) -> str:
     best = found.best
     composition = ", ".join(f"{n} {kind}" for kind, n in found.record["dev_set"][
         "composition"].items())
-    return (f"self-calibrated in {found.seconds:.0f} s on {found.record['dev_set']['n']} "
-            f"pseudo-queries ({composition}): {best.describe()}, {best.metric} "
-            f"{best.value:.3f}, {best.texts_per_s:.0f} texts/s (labeled data passed to "
-            f"`labelrank calibrate` overrides it)")
+    work = found.record["dev_set"].get("work", {})
+    ratio = f", {found.seconds / embed_seconds:.1f}x the embedding" if embed_seconds else ""
+    cut = (f"; budget of {work['budget_s']:g} s spent, not tried: "
+           f"{', '.join(work['budget_skipped'])}" if work.get("budget_skipped") else "")
+    return (f"self-calibrated in {found.seconds:.0f} s{ratio} on "
+            f"{found.record['dev_set']['n']} pseudo-queries ({composition}; "
+            f"{work.get('settings_ranked', len(found.results))} settings ranked): "
+            f"{best.describe()}, {best.metric} {best.value:.3f}, {best.texts_per_s:.0f} "
+            f"texts/s{cut} (labeled data passed to `labelrank calibrate` overrides it)")
