@@ -2,6 +2,7 @@
 
     nice -n 10 .venv/bin/python bench/soak.py [--clients 16] [--seconds 60] [--fault-rate 0.1]
         [--churn-every 0.2] [--sample-s 5] [--slope-minutes 20] [--png FILE.png] [--out FILE.json]
+        [--compact-min-dead-slots N] [--compact-dead-ratio R]
 
 Indexes the demo catalog into a temp dir and starts `labelrank serve` against a fake
 OpenAI-compatible LLM in this process (tests/fake_openai.py) that answers a share
@@ -13,6 +14,12 @@ reads each label back after each write. Reports requests served, errors (non-200
 transport errors), writes not visible to the next read, degraded share, latency percentiles,
 the server's RSS every `--sample-s` seconds, and the least-squares slope of RSS over the last
 `--slope-minutes` minutes; `--png` draws that curve. Nothing leaves loopback.
+
+The compaction thresholds (LABELRANK_COMPACT_*; the server's upkeep checks them every 30 s)
+can be lowered so that a run crosses compactions: the report then lists each compaction seen
+on /metrics with the RSS just after it, and counts the answers whose first candidates (labels
+of the catalog, not the churned ones) differ from the same text's answer before the run: a
+search served from a half-built generation would miss labels there.
 """
 
 from __future__ import annotations
@@ -113,13 +120,22 @@ async def classify_loop(http: httpx.AsyncClient, texts: list[str], offset: int, 
     n = offset
     while time.monotonic() < until:
         started = time.perf_counter()
+        text = texts[n % len(texts)]
         try:
-            answer = await http.post("/v1/classify", json={"text": texts[n % len(texts)]})
+            answer = await http.post("/v1/classify", json={"text": text})
             stats["latencies"].append(time.perf_counter() - started)
             if answer.status_code != 200:
                 stats["errors"].append(f"{answer.status_code}: {answer.text[:120]}")
-            elif answer.json()["degraded"]:
+                n += 1
+                continue
+            body = answer.json()
+            if body["degraded"]:
                 stats["degraded"] += 1
+            if first_candidates(body) != stats["before"][text]:
+                stats["changed"].append({
+                    "text": text, "at_s": round(time.monotonic() - stats["started"], 1),
+                    "before": stats["before"][text], "now": first_candidates(body),
+                    "scores": [round(c["score"], 4) for c in body["candidates"][:FIRST + 2]]})
         except httpx.HTTPError as exc:
             stats["errors"].append(f"{type(exc).__name__}: {exc}")
         n += 1
@@ -155,6 +171,59 @@ async def churn_loop(http: httpx.AsyncClient, until: float, every_s: float, stat
         n += 1
 
 
+FIRST = 3  # candidates of the catalog compared with the text's answer before the run
+
+
+def first_candidates(answer: dict) -> list[str]:
+    """The first catalog labels on an answer's shortlist (churned `soak.*` labels left out)."""
+    return [c["id"] for c in answer.get("candidates", [])
+            if not c["id"].startswith("soak.")][:FIRST]
+
+
+def metric(text: str, name: str) -> float | None:
+    """One unlabelled sample of the Prometheus text format (None: not there)."""
+    for line in text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    return None
+
+
+async def watch_compactions(http: httpx.AsyncClient, pid: int, started: float, until: float,
+                            every_s: float, seen: list[dict]) -> None:
+    """Each compaction the server counts on /metrics, with the RSS just after it."""
+    count = 0.0
+    while time.monotonic() < until:
+        await asyncio.sleep(min(every_s, max(0.0, until - time.monotonic())))
+        try:
+            text = (await http.get("/metrics")).text
+        except httpx.HTTPError:
+            continue
+        now = metric(text, "labelrank_index_compactions_total") or 0.0
+        if now > count:
+            count = now
+            seen.append({"at_s": round(time.monotonic() - started, 1), "compactions": int(now),
+                         "rss_mb": round(rss_mb(pid), 1),
+                         "dead_slots": metric(text, "labelrank_index_dead_slots")})
+            print(f"compaction {int(now)} at {seen[-1]['at_s']} s: RSS {seen[-1]['rss_mb']} MB",
+                  file=sys.stderr, flush=True)
+
+
+async def answers_before(url: str, texts: list[str]) -> dict[str, list[str]]:
+    """Each text's first candidates before any label write (what a complete generation
+    answers), in retrieval-only batches: the shortlist is the same in every mode."""
+    distinct = list(dict.fromkeys(texts))
+    before: dict[str, list[str]] = {}
+    async with httpx.AsyncClient(base_url=url, timeout=300) as http:
+        for start in range(0, len(distinct), 256):
+            chunk = distinct[start:start + 256]
+            answer = await http.post("/v1/classify/batch", json={
+                "mode": "retrieval", "items": [{"text": text} for text in chunk]})
+            answer.raise_for_status()
+            before.update(zip(chunk, map(first_candidates, answer.json()["results"]),
+                              strict=True))
+    return before
+
+
 async def sample_rss(pid: int, started: float, until: float, every_s: float,
                      curve: list[tuple[float, float]]) -> None:
     """(seconds since start, RSS MB) every `every_s` seconds until the end of the run."""
@@ -164,10 +233,12 @@ async def sample_rss(pid: int, started: float, until: float, every_s: float,
     curve.append((round(time.monotonic() - started, 1), round(rss_mb(pid), 1)))
 
 
-async def soak(url: str, pid: int, texts: list[str], args: argparse.Namespace) -> dict:
+async def soak(url: str, pid: int, texts: list[str], before: dict[str, list[str]],
+               args: argparse.Namespace) -> dict:
     stats: dict = {"latencies": [], "errors": [], "degraded": 0, "writes": 0, "stale_reads": 0,
-                   "rss_curve": []}
-    started = time.monotonic()
+                   "rss_curve": [], "changed": [], "compactions": []}
+    stats["before"] = before
+    started = stats["started"] = time.monotonic()
     until = started + args.seconds
     limits = httpx.Limits(max_connections=args.clients + 2)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
@@ -175,6 +246,7 @@ async def soak(url: str, pid: int, texts: list[str], args: argparse.Namespace) -
         if args.churn_every > 0:
             tasks.append(churn_loop(http, until, args.churn_every, stats))
         tasks.append(sample_rss(pid, started, until, args.sample_s, stats["rss_curve"]))
+        tasks.append(watch_compactions(http, pid, started, until, 1.0, stats["compactions"]))
         await asyncio.gather(*tasks)
     return stats
 
@@ -191,6 +263,10 @@ def main() -> None:
                         help="RSS slope over this many final minutes (the whole run if shorter)")
     parser.add_argument("--png", type=Path, help="draw the RSS curve into this PNG")
     parser.add_argument("--out", type=Path, help="also write the report as JSON here")
+    parser.add_argument("--compact-min-dead-slots", type=int, default=None,
+                        help="LABELRANK_COMPACT_MIN_DEAD_SLOTS of the server (default: its own)")
+    parser.add_argument("--compact-dead-ratio", type=float, default=None,
+                        help="LABELRANK_COMPACT_DEAD_RATIO of the server (default: its own)")
     args = parser.parse_args()
     catalog = [json.loads(line) for line in CATALOG.read_text().splitlines() if line.strip()]
     texts = [e for record in catalog for e in record.get("examples", [])] or [
@@ -205,14 +281,18 @@ def main() -> None:
                "LABELRANK_LLM_MAX_ATTEMPTS": "2", "LABELRANK_LLM_MAX_WAIT_S": "0.1",
                "LABELRANK_API_KEY": "", "LABELRANK_API_WRITE_KEY": "",
                "LABELRANK_CHROMA_HOST": "", "LABELRANK_EMBED_THREADS": "1"}
+        for name in ("compact_min_dead_slots", "compact_dead_ratio"):
+            if getattr(args, name) is not None:
+                env[f"LABELRANK_{name.upper()}"] = str(getattr(args, name))
         port = free_port()
         server = start_server(db, port, env, log=Path(tmp) / "serve.log")
         try:
             url = f"http://127.0.0.1:{port}"
             httpx.post(f"{url}/v1/classify", json={"text": texts[0]}, timeout=60)  # warm up
+            before = asyncio.run(answers_before(url, texts))
             rss_start = rss_mb(server.pid)
             started = time.perf_counter()
-            stats = asyncio.run(soak(url, server.pid, texts, args))
+            stats = asyncio.run(soak(url, server.pid, texts, before, args))
             elapsed = time.perf_counter() - started
             rss_end = rss_mb(server.pid)
             llm_requests = fake.request_count
@@ -234,6 +314,8 @@ def main() -> None:
         "degraded": stats["degraded"],
         "degraded_share": round(stats["degraded"] / max(served, 1), 4),
         "label_writes": stats["writes"], "stale_reads": stats["stale_reads"],
+        "compactions": len(stats["compactions"]), "after_compactions": stats["compactions"],
+        "changed_answers": len(stats["changed"]), "changed_samples": stats["changed"][:3],
         "llm_requests": llm_requests,
         "p50_ms": round(quantiles[49] * 1000, 1), "p99_ms": round(quantiles[98] * 1000, 1),
         "max_ms": round(latencies[-1] * 1000, 1) if latencies else 0.0,
