@@ -216,10 +216,11 @@ def _judge(run: _Runner, kind: type[StageKind], values: Mapping[str, tuple[objec
         results += [] if base is best else [base]
     else:
         sampled, base = source, best
+    top: Calibration | None = None
     if kind.sampled and space.screen and len(sample) > space.screen:
-        top = _screened(run, kind, values, base, sample, texts, gold, space, widen, results)
-        if top is not None:
-            top = run.rank(sampled.at(best.neighbours), base.aggregation, top, step)
+        chosen = _screened(run, kind, values, base, sample, texts, gold, space, widen, results)
+        if chosen is not None:
+            top = run.rank(sampled.at(best.neighbours), base.aggregation, chosen, step)
             results.append(top)
     else:
         top, more = _rounds(run, sampled.at(best.neighbours), base, kind, values)
