@@ -30,6 +30,9 @@ class TrainConfig:
     max_seconds: float
     hard_negatives: int
     random_negatives: int
+    # At least this many optimizer steps, in whole passes: 10 passes over NLU++'s 1,601
+    # examples are 60 steps, and the head stopped 4 f1 under a converged logistic regression.
+    min_steps: int = 0
     label_neighbours: int = 50  # prototypes near a label's: where its examples' hard negatives are
     batch_size: int = 256
     learning_rate: float = 0.02
@@ -118,15 +121,17 @@ class _LazyAdam:
 def _epochs(params: _LazyAdam, x: np.ndarray, positives: np.ndarray, hard: np.ndarray,
             n_labels: int, rng: np.random.Generator, config: TrainConfig,
             started: float) -> int:
-    """Train until `config.epochs` passes or `config.max_seconds`; returns the passes begun."""
+    """Train for `config.epochs` passes, more when they make fewer than `config.min_steps`
+    steps, until `config.max_seconds`; returns the passes begun."""
     import torch
 
     randoms = min(config.random_negatives, max(0, n_labels - 1))
     xt, post, hardt = torch.from_numpy(x), torch.from_numpy(positives), torch.from_numpy(hard)
+    batches = max(1, len(x) // config.batch_size)
+    passes = max(config.epochs, -(-config.min_steps // batches))
     epochs = 0
-    while epochs < config.epochs and time.perf_counter() - started < config.max_seconds:
-        for batch in np.array_split(rng.permutation(len(x)),
-                                    max(1, len(x) // config.batch_size)):
+    while epochs < passes and time.perf_counter() - started < config.max_seconds:
+        for batch in np.array_split(rng.permutation(len(x)), batches):
             rows = torch.from_numpy(batch)
             random = torch.from_numpy(rng.integers(0, n_labels, (len(batch), randoms)))
             pos = post[rows]

@@ -217,6 +217,17 @@ def test_training_is_deterministic_and_both_modes_learn_multi_label_sets() -> No
         assert np.mean(np.isin(np.argsort(-logits[both], axis=1)[:, :2], [0, 1])) > 0.9, mode
 
 
+def test_a_small_catalog_trains_for_more_passes_until_it_has_made_min_steps() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(600, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    label_sets = [[n % 5] for n in range(600)]
+    config = TrainConfig("ovr", epochs=2, max_seconds=60.0, hard_negatives=2,
+                         random_negatives=1, min_steps=9, batch_size=256)
+    assert fit_head(x, label_sets, 5, config).epochs == 5  # 2 batches a pass: 5 passes
+    assert fit_head(x, label_sets, 5, replace(config, min_steps=0)).epochs == 2
+
+
 def test_hard_negatives_are_the_nearest_other_prototypes_as_brute_force_finds_them() -> None:
     rng = np.random.default_rng(2)
     x = rng.normal(size=(120, 8)).astype(np.float32)

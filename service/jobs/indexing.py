@@ -52,7 +52,7 @@ def index_catalog(settings: Settings, catalog: Catalog,
 def head_config(settings: Settings) -> TrainConfig:
     """How the head trains, from the "Learned head" settings."""
     return TrainConfig(mode=settings.head_mode, epochs=settings.head_epochs,
-                       max_seconds=settings.head_max_seconds,
+                       min_steps=settings.head_min_steps, max_seconds=settings.head_max_seconds,
                        hard_negatives=settings.head_hard_negatives,
                        random_negatives=settings.head_random_negatives)
 
