@@ -63,6 +63,7 @@ def fitted(name: str, spec: Spec, root: Path, base: Settings, examples: Path,
     return settings, {"model": report.model, "why": report.why, "wall_s":
                       round(time.perf_counter() - started), "stages_s": report.seconds,
                       "none_share": report.none_share, "dev_texts": report.dev_texts,
+                      "dev": report.dev, "pairs": report.pairs, "budget": report.budget,
                       "settings": report.settings}
 
 

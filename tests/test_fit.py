@@ -19,8 +19,9 @@ from tests.conftest import make_settings
 DEMO = Path(__file__).parents[1] / "service" / "demo_data"
 # Measured on this catalog: 300 pairs at 1e-4 lift dev accuracy from 0.67 to 0.69, while a
 # learning rate of 1.0 wrecks the model in a step.
-WINS = FitConfig(minutes=5, max_pairs=300, learning_rate=1e-4, batch_size=16)
-LOSES = FitConfig(minutes=5, max_pairs=32, learning_rate=1.0, batch_size=16)
+# The budget holds the whole run: generous, so that a busy machine still trains every pair.
+WINS = FitConfig(minutes=30, max_pairs=300, learning_rate=1e-4, batch_size=16)
+LOSES = FitConfig(minutes=30, max_pairs=32, learning_rate=1.0, batch_size=16)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,9 @@ def test_the_tuned_model_is_kept_when_it_wins(won: tuple[Path, FitReport]) -> No
                                       ClassifyOptions(mode="retrieval"))
     assert result.labels and result.labels[0].id == "animals.bears"
     assert engine.index.calibration()["dev_set"]["name"] == "fit dev split"
-    assert report.none_share is None  # the demo's examples hold no out-of-scope text
+    # The demo's examples hold no out-of-scope text: fit takes some labels out of the catalog
+    # for dev, so that their texts are out of scope there and the threshold learns "none".
+    assert report.dev["labels_taken_out_of_scope"] > 0 and report.none_share > 0
 
 
 def test_prototypes_are_indexed_as_their_own_kind(won: tuple[Path, FitReport]) -> None:

@@ -7,8 +7,8 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -16,11 +16,14 @@ import numpy as np
 from sentence_transformers.base.sampler import DefaultBatchSampler
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from retrieval.calibration.held_out import HeldOutIndex
 from retrieval.catalog import Catalog, load_examples
 from retrieval.embedder import resolve_model_path
 from retrieval.errors import LabelrankError, require_extra
-from retrieval.index import LabelIndex
+from retrieval.index import LabelIndex, label_texts
+from retrieval.tune.catalog_pairs import catalog_pairs, pair_kinds
 from retrieval.tune.pairs import (
+    Pair,
     Row,
     distinct_label_batches,
     label_texts_of,
@@ -31,6 +34,12 @@ from retrieval.tune.pairs import (
 Embed = Callable[[list[str]], np.ndarray]
 
 PROVENANCE_FILE = "labelrank-tuning.json"
+# A training pair costs about this many inference embeddings of one text (the trainer's own
+# overhead included), measured on 2 shared cores: ~105 on the demo's short texts (0.95 s a pair,
+# 9 ms a text), ~40 on ESCO's (2.3 s a pair). Between the two: an unused pair costs only its
+# mining, an unmined one a step.
+TRAIN_COST = 60
+MIN_PAIRS = 64
 
 
 class TuningError(LabelrankError):
@@ -51,7 +60,11 @@ class TuneConfig:
     neighbours: int = 30  # index hits scanned per text for a hard negative
     duplicate_similarity: float = 0.9  # this close to the anchor or positive: not a negative
     seed: int = 13
-    max_seconds: float | None = None  # training stops after this long (a step never breaks)
+    # Mining and training stop this long after tuning starts (a step never breaks).
+    max_seconds: float | None = None
+    # Mine only the pairs the time budget can train (estimated from the encoder's speed here):
+    # mining a 13,897-label catalog's 60,000 pairs took longer than a 20-minute budget.
+    pairs_for_budget: bool = False
 
 
 @dataclass
@@ -63,6 +76,9 @@ class TuneReport:
     examples: str
     pairs: int = 0
     label_pairs: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)  # pairs per kind (see pair_kinds)
+    catalog_labels: int = 0  # labels whose catalog texts made pairs
+    budget_pairs: int | None = None  # the pairs the time budget was estimated to afford
     mined_negatives: int = 0
     random_negatives: int = 0
     steps: int = 0
@@ -116,12 +132,53 @@ def gold_labels(texts_by_label: dict[str, list[str]]) -> dict[str, frozenset[str
 
 
 def training_rows(index: LabelIndex, texts_by_label: dict[str, list[str]],
-                  config: TuneConfig) -> list[Row]:
-    """Pairs from the labelled texts, each with a hard negative mined from the index."""
+                  config: TuneConfig, catalog_labels: Sequence[str] = (),
+                  hidden: frozenset[str] = frozenset(),
+                  max_pairs: int | None = None) -> list[Row]:
+    """Pairs from the labelled texts and from the catalog texts of `catalog_labels`, each with
+    a hard negative mined from the index; no text of a `hidden` label is an anchor, a
+    positive or a negative."""
     rng = random.Random(config.seed)
-    pairs = make_pairs(texts_by_label, index.labels, config.max_pairs, rng)
-    return mine_rows(pairs, gold_labels(texts_by_label), index, config.neighbours,
+    texts_by_label = {lid: texts for lid, texts in texts_by_label.items() if lid not in hidden}
+    pairs = make_pairs(texts_by_label, index.labels, None, rng)
+    gold = gold_labels(texts_by_label)
+    if catalog_labels:
+        more, more_gold = catalog_pairs(index.labels, [lid for lid in catalog_labels
+                                                       if lid not in hidden], rng)
+        pairs = _merged(pairs, more, rng)
+        for text, owners in more_gold.items():
+            gold[text] = gold.get(text, frozenset()) | owners
+    limits = [n for n in (config.max_pairs, max_pairs) if n is not None]
+    pairs = pairs[:min(limits)] if limits else pairs
+    return mine_rows(pairs, gold, _without_labels(index, hidden), config.neighbours,
                      config.duplicate_similarity, rng)
+
+
+def _merged(first: list[Pair], second: list[Pair], rng: random.Random) -> list[Pair]:
+    """Both lists shuffled together, so that a cap on pairs takes some of each."""
+    pairs = [*first, *second]
+    rng.shuffle(pairs)
+    return pairs
+
+
+def _without_labels(index: LabelIndex, hidden: frozenset[str]) -> LabelIndex | HeldOutIndex:
+    """The index, or a view of it where the hidden labels' texts are never found."""
+    if not hidden:
+        return index
+    texts = [(lid, kind, text) for lid in sorted(hidden) if lid in index.labels
+             for kind, text in label_texts(replace(index.labels[lid],
+                                                   examples=tuple(index.examples(lid))))]
+    return HeldOutIndex(index, texts, per_query=15)
+
+
+def affordable_pairs(embed: Embed, sample: Sequence[str], seconds: float) -> int:
+    """How many pairs mining and training can get through in `seconds`, from the time to
+    embed a sample of the anchors: a pair costs one embedding to mine and about
+    TRAIN_COST more to train (three texts, forward and backward)."""
+    started = time.perf_counter()
+    embed(list(sample))
+    per_text = (time.perf_counter() - started) / max(len(sample), 1)
+    return max(MIN_PAIRS, int(seconds / (per_text * (1 + TRAIN_COST))))
 
 
 def nearest_label_accuracy(embed: Embed, references: dict[str, list[str]],
@@ -149,29 +206,52 @@ def tune(index: LabelIndex, examples: Path, out: Path, config: TuneConfig,
          dev: Path | None = None) -> TuneReport:
     """Tune a copy of the index's embedder on `examples` and save it to `out` (with a
     before/after nearest-label check on `dev` when given)."""
+    texts_by_label = labelled_texts(index, examples)
+    dev_gold = gold_labels(labelled_texts(index, dev)) if dev else None
+    return tune_texts(index, texts_by_label, out, config, dev_gold=dev_gold,
+                      source=str(examples))
+
+
+def tune_texts(index: LabelIndex, texts_by_label: dict[str, list[str]], out: Path,
+               config: TuneConfig, catalog_labels: Sequence[str] = (),
+               hidden: frozenset[str] = frozenset(),
+               dev_gold: dict[str, frozenset[str]] | None = None,
+               source: str = "") -> TuneReport:
+    """Tune a copy of the index's embedder on labelled texts and on the catalog texts of
+    `catalog_labels` (see training_rows), within config.max_seconds from this call; save it to
+    `out`."""
+    started = time.perf_counter()
     for module in ("datasets", "accelerate"):  # the trainer's, checked before minutes of mining
         require_extra(module, "tune")
     check_output(out, index)
-    report = TuneReport(out=str(out), base_model=index.embedder.name, examples=str(examples),
+    report = TuneReport(out=str(out), base_model=index.embedder.name, examples=source,
                         config=asdict(config))
-    texts_by_label = labelled_texts(index, examples)
-    dev_gold = gold_labels(labelled_texts(index, dev)) if dev else None
     references = dev_references(index, texts_by_label, seed=config.seed)
     if dev_gold:
         report.dev_texts = len(dev_gold)
         report.dev_accuracy_before = nearest_label_accuracy(index.embedder.embed, references,
                                                             dev_gold)
-    started = time.perf_counter()
-    rows = training_rows(index, texts_by_label, config)
+    deadline = started + config.max_seconds if config.max_seconds else None
+    budget_pairs = None
+    if deadline is not None and config.pairs_for_budget:
+        sample = [t for texts in texts_by_label.values() for t in texts][:32] or [
+            text for lid in list(catalog_labels)[:32] for text in label_texts_of(
+                index.labels[lid])][:32]
+        budget_pairs = affordable_pairs(index.embedder.embed, sample,
+                                        deadline - time.perf_counter())
+    report.budget_pairs = budget_pairs
+    rows = training_rows(index, texts_by_label, config, catalog_labels, hidden, budget_pairs)
     report.mining_s = round(time.perf_counter() - started, 1)
     report.pairs = len(rows)
     report.label_pairs = sum(r.kind == "label" for r in rows)
+    report.kinds = pair_kinds([r.kind for r in rows])
+    report.catalog_labels = len({lid for lid in catalog_labels if lid not in hidden})
     report.mined_negatives = sum(r.mined for r in rows)
     report.random_negatives = report.pairs - report.mined_negatives
-    started = time.perf_counter()
+    training = time.perf_counter()
     model = _load_trainable(index.embedder.name)
-    report.steps, report.planned_steps = _train(model, rows, config)
-    report.training_s = round(time.perf_counter() - started, 1)
+    report.steps, report.planned_steps = _train(model, rows, config, deadline)
+    report.training_s = round(time.perf_counter() - training, 1)
     if dev_gold:
         report.dev_accuracy_after = nearest_label_accuracy(
             partial(model.encode, normalize_embeddings=True, convert_to_numpy=True,
@@ -190,7 +270,8 @@ def _load_trainable(model_name: str):
     return SentenceTransformer(str(resolve_model_path(model_name)), device="cpu")
 
 
-def _train(model, rows: list[Row], config: TuneConfig) -> tuple[int, int]:
+def _train(model, rows: list[Row], config: TuneConfig,
+           deadline: float | None) -> tuple[int, int]:
     """Run MultipleNegativesRankingLoss over (anchor, positive, negative); returns the steps
     taken and the steps planned."""
     from datasets import Dataset
@@ -211,7 +292,7 @@ def _train(model, rows: list[Row], config: TuneConfig) -> tuple[int, int]:
             logging_steps=50, dataloader_pin_memory=False,
             batch_sampler=partial(DistinctLabelBatchSampler, rows=rows),
         )
-        budget = [TimeBudget(config.max_seconds)] if config.max_seconds else []
+        budget = [TimeBudget(deadline)] if deadline is not None else []
         trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset,
                                              loss=MultipleNegativesRankingLoss(model),
                                              callbacks=budget)
@@ -220,21 +301,16 @@ def _train(model, rows: list[Row], config: TuneConfig) -> tuple[int, int]:
 
 
 class TimeBudget(TrainerCallback):
-    """Stops training at the first step end past the deadline (the clock starts at train)."""
+    """Stops training at the first step end past the deadline (a time.perf_counter() value:
+    the clock started with tuning, mining included)."""
 
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.deadline = float("inf")
-
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState,
-                       control: TrainerControl, **kwargs: object) -> None:
-        """Start the clock."""
-        self.deadline = time.monotonic() + self.seconds
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
 
     def on_step_end(self, args: TrainingArguments, state: TrainerState,
                     control: TrainerControl, **kwargs: object) -> None:
         """Ask the trainer to stop once the budget is spent."""
-        if time.monotonic() >= self.deadline:
+        if time.perf_counter() >= self.deadline:
             control.should_training_stop = True
 
 

@@ -1,10 +1,12 @@
-"""`labelrank fit`: a catalog with examples becomes a tuned (when that wins), prototype-aware,
-calibrated index; every choice is made on a dev split the index never holds.
+"""`labelrank fit`: a catalog, with or without examples, becomes a tuned (when that wins),
+prototype-aware, calibrated index; every choice is made on a dev set tuning never saw (see
+fit_dev: a split of the examples, a --dev file, or pseudo-queries of labels held out).
 
 The stages, each skipped on a rerun whose inputs did not change (state in DB/labelrank-fit/):
-split, index with the base model, calibrate it, tune a copy of the model within the time budget,
-index and calibrate with the tuned model, keep whichever wins on the dev split, save the winner's
-calibration (thresholds set for the share of out-of-scope traffic the user expects).
+split, index with the base model, calibrate it, tune a copy of the model on the examples and
+the catalog's own texts with what is left of the time budget, index and calibrate with the
+tuned model, keep whichever wins on the dev set, save the winner's calibration (thresholds set
+for the share of out-of-scope traffic the user expects).
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from retrieval.calibration.scoring import Calibration, calibration_record
-from retrieval.calibration.search import search_settings
 from retrieval.calibration.splits import holdout
 from retrieval.catalog import Catalog, SkippedRow, load_catalog, load_labelled
-from retrieval.errors import LabelrankError
-from retrieval.index import LabelIndex, chroma_client, drop_index
-from retrieval.tune.train import PROVENANCE_FILE, TuneConfig, tune
-from service.factory import build_index, search_space
+from retrieval.errors import IndexMismatchError
+from retrieval.index import LabelIndex, SyncReport, chroma_client, drop_index, label_texts
+from retrieval.tune.stored import StoredEmbedder
+from retrieval.tune.train import PROVENANCE_FILE, TuneConfig, tune_texts
+from service.factory import build_index
+from service.jobs.fit_dev import MIN_DEV_TEXTS, FitError, LabeledDev, PseudoDev
 from service.jobs.indexing import index_catalog, train_head
 from service.locking import writing
 from service.settings import Settings
@@ -38,20 +41,20 @@ Progress = Callable[[str], None]
 Rows = list[tuple[str, tuple[str, ...]]]
 
 
-class FitError(LabelrankError):
-    """Raised when fit cannot start: no examples, or no dev texts to choose anything on."""
-
-    code = "fit_refused"
-    status = 422
+# Less tuning time than this is not worth a second index: fit keeps the base model.
+MIN_TUNE_S = 30.0
+EMBED_SAMPLE = 64  # texts timed to estimate what embedding the whole catalog again costs
+Dev = LabeledDev | PseudoDev
+__all__ = ["FitConfig", "FitError", "FitReport", "fit", "none_share_for"]
 
 
 @dataclass(frozen=True)
 class FitConfig:
     """What fit may spend and what it aims at."""
 
-    minutes: float = 20.0  # the tuning budget
+    minutes: float = 20.0  # the whole run's budget: tuning gets what the other stages leave
     none_share: float | None = None  # expected out-of-scope share; None: the examples'
-    dev_share: float = 0.2  # of each label's examples, when no dev file is given
+    dev_share: float = 0.2  # of each label's examples (or of the labels: see PseudoDev.of)
     max_pairs: int | None = None
     min_texts_per_s: float = 0.0
     epochs: int = 1
@@ -65,6 +68,8 @@ class FitReport:
 
     train_texts: int = 0
     dev_texts: int = 0
+    dev: dict = field(default_factory=dict)  # what the dev set is (fit_dev's describe)
+    pairs: dict[str, int] = field(default_factory=dict)  # tuning pairs per kind
     skipped_rows: list[str] = field(default_factory=list)
     none_share: float | None = None  # None: no out-of-scope dev text to weigh
     model: str = "base"
@@ -73,6 +78,9 @@ class FitReport:
     tuned: dict | None = None
     settings: dict = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    # --minutes, the tuning time it left after the stages before and an estimate of those
+    # after, and that estimate.
+    budget: dict[str, float] = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
     head: list[str] = field(default_factory=list)  # what each index's head training did
 
@@ -81,13 +89,15 @@ def fit(settings: Settings, catalog_path: Path, example_paths: Sequence[Path],
         dev_path: Path | None = None, config: FitConfig = FitConfig(),
         progress: Progress = lambda _: None) -> FitReport:
     """Run every stage (see the module docstring); returns the report, also saved as JSON."""
+    started = time.perf_counter()
     report = FitReport()
     work = settings.db / WORK_DIR
     work.mkdir(parents=True, exist_ok=True)
     state = _State(work / "state.json")
     with _stage(report, "split", progress):
-        catalog, train, dev = _inputs(catalog_path, example_paths, dev_path, config, report)
-    run_key = _digest({"catalog": catalog.fingerprint(), "train": train, "dev": dev,
+        catalog, train, dev = _inputs(catalog_path, example_paths, dev_path, config, report,
+                                      settings.self_calibration_texts)
+    run_key = _digest({"catalog": catalog.fingerprint(), "train": train, "dev": dev.rows,
                        "config": asdict(config), "embedder": settings.embedder,
                        "none_share": report.none_share})
     if state.get("done") == run_key and (work / "report.json").is_file():
@@ -96,50 +106,103 @@ def fit(settings: Settings, catalog_path: Path, example_paths: Sequence[Path],
         return done
     trials = _Trials(settings, _with_examples(catalog, train), dev, config, report, progress)
     base, base_cal = trials.candidate("base", work / "base-db", settings.embedder)
+    kept = base
     report.base = _figures(base_cal)
+    tune_s = _tuning_time(report, config, time.perf_counter() - started, base,
+                          trials.synced["base"], trials.indexed)
     model_dir = work / "model"
-    examples_key = _digest({"rows": train, "base": settings.embedder,
-                            "tuning": [config.epochs, config.learning_rate, config.batch_size,
-                                       config.max_pairs]})
+    tuning_key = _digest({"rows": train, "base": settings.embedder, "catalog":
+                          catalog.fingerprint(), "held": sorted(dev.held_labels),
+                          "tuning": [config.epochs, config.learning_rate, config.batch_size,
+                                     config.max_pairs]})
     with _stage(report, "tune", progress):
-        if state.get("tuned_for") == examples_key and (model_dir / PROVENANCE_FILE).is_file():
+        if state.get("tuned_for") == tuning_key and (model_dir / PROVENANCE_FILE).is_file():
             report.reused.append("tune")
-        else:
-            _retune(base, train, work, model_dir, config)
-            state.set("tuned_for", examples_key)
-    _, tuned_cal = trials.candidate("tuned", work / "tuned-db", str(model_dir))
-    report.tuned = _figures(tuned_cal)
-    keep = tuned_cal.value > base_cal.value + TUNE_MARGIN
-    report.model = "tuned" if keep else "base"
-    report.why = (f"dev {base_cal.metric}: base {base_cal.value:.4f}, tuned "
-                  f"{tuned_cal.value:.4f}: the tuned model "
-                  + ("wins" if keep else f"does not win by more than {TUNE_MARGIN}"))
-    best = tuned_cal if keep else base_cal
+        elif tune_s >= MIN_TUNE_S:
+            _retune(base, catalog, train, dev.held_labels, model_dir, config, tune_s)
+            state.set("tuned_for", tuning_key)
+    tuned = state.get("tuned_for") == tuning_key
+    best = base_cal
+    if tuned:
+        report.pairs, report.seconds["tune: pair mining"], report.seconds["tune: training"] = (
+            _tuning_figures(model_dir))
+        tuned_index, tuned_cal = trials.candidate("tuned", work / "tuned-db", str(model_dir))
+        report.tuned = _figures(tuned_cal)
+        keep = tuned_cal.value > base_cal.value + TUNE_MARGIN
+        best, kept = (tuned_cal, tuned_index) if keep else (base_cal, base)
+        report.model = "tuned" if keep else "base"
+        report.why = (f"dev {base_cal.metric}: base {base_cal.value:.4f}, tuned "
+                      f"{tuned_cal.value:.4f}: the tuned model "
+                      + ("wins" if keep else f"does not win by more than {TUNE_MARGIN}"))
+    else:
+        report.why = (f"not tuned: {tune_s:.0f} s of the {config.minutes:g}-minute budget "
+                      f"were left for it (at least {MIN_TUNE_S:.0f} s needed)")
     with _stage(report, "index (final)", progress):
-        final = trials.final(str(model_dir) if keep else settings.embedder, state)
-    dev_set = {"name": "fit dev split", "n": len(dev), "sha256": _digest(dev),
-               "none_share": report.none_share}
-    final.save_calibration(calibration_record(best, "labeled", dev_set))
+        final = trials.final(str(model_dir) if report.model == "tuned" else settings.embedder,
+                             kept)
+    # With the catalog's hash, `labelrank index` keeps this choice until the catalog changes.
+    dev_set = {**dev.describe(), "sha256": _digest(dev.rows),
+               "catalog_hash": final.fingerprint()["catalog_hash"]}
+    final.save_calibration(calibration_record(
+        best, "labeled" if isinstance(dev, LabeledDev) else "self", dev_set))
     report.settings = best.settings()
+    report.seconds["total"] = round(time.perf_counter() - started, 1)
     (work / "report.json").write_text(json.dumps(asdict(report), indent=1))
     state.set("done", run_key)
     return report
 
 
+def _tuning_time(report: FitReport, config: FitConfig, spent: float, base: LabelIndex,
+                 embedded: SyncReport, catalog: Catalog) -> float:
+    """Seconds left for tuning: the budget less what was spent and an estimate of the stages
+    after it: embedding every text with the tuned model (at the base index's pace, or, when
+    it embedded little, timed on a sample here), calibrating as long as the base model took,
+    the final index (its vectors are copied, not embedded)."""
+    texts = [text for label in catalog.labels.values() for _, text in label_texts(label)]
+    if embedded.vectors_added >= len(texts) // 10:
+        embedding = (report.seconds.get("index (base)", 0.0) * embedded.vectors_total
+                     / embedded.vectors_added)
+    else:
+        sample = texts[::max(1, len(texts) // EMBED_SAMPLE)][:EMBED_SAMPLE]
+        started = time.perf_counter()
+        base.embedder.embed(sample)
+        # An index build embeds in a worker process, overlapped with Chroma's writes: about
+        # twice as fast as this one batch in-process (BANKING77-OOS: 527 s against 1,211 s).
+        embedding = (time.perf_counter() - started) / len(sample) * len(texts) / 2
+    after = embedding + report.seconds.get("calibrate (base)", 0.0)
+    left = max(0.0, config.minutes * 60 - spent - after)
+    report.budget = {"minutes": config.minutes, "tune_s": round(left, 1),
+                     "after_tuning_estimate_s": round(after, 1)}
+    return left
+
+
 def _inputs(catalog_path: Path, example_paths: Sequence[Path], dev_path: Path | None,
-            config: FitConfig, report: FitReport) -> tuple[Catalog, Rows, Rows]:
-    """The catalog without its examples, and every example row split into (train, dev); the
+            config: FitConfig, report: FitReport, pseudo_size: int
+            ) -> tuple[Catalog, Rows, Dev]:
+    """The catalog without its examples, the example rows to train on and the dev set; the
     report gets the counts, the skipped rows and the out-of-scope share to calibrate for."""
     catalog, rows = _without_examples(load_catalog(catalog_path))
     skipped: list[SkippedRow] = []
     rows += [row for path in example_paths for row in load_labelled(path, catalog, skipped)]
+    if dev_path is not None:
+        dev_rows = load_labelled(dev_path, catalog, skipped)
+        if not dev_rows:
+            raise FitError(f"{dev_path} has no labelled texts")
+        train = [r for r in rows if r[1]]
+        dev: Dev = LabeledDev.of(dev_rows, _share(dev_rows, dev_rows, config), "--dev file")
+    else:
+        train, dev_rows = _split(rows, config.dev_share)
+        # A split holds every out-of-scope row, so the traffic's share is that of all rows.
+        dev = (LabeledDev.of(dev_rows, _share(dev_rows, rows, config), "fit dev split")
+               if len(dev_rows) >= MIN_DEV_TEXTS else None)
+        if dev is None:
+            train = [r for r in rows if r[1]]
+            dev = PseudoDev.of(_with_examples(catalog, train), config.dev_share, pseudo_size,
+                               config.none_share)
     report.skipped_rows = [str(s) for s in skipped]
-    train, dev = _split(rows, catalog, dev_path, config.dev_share, skipped)
-    report.train_texts, report.dev_texts = len(train), len(dev)
-    # A dev file is the user's sample of traffic; a split holds every out-of-scope row, so
-    # the traffic's share is that of all the examples.
-    traffic = dev if dev_path is not None else rows
-    report.none_share = none_share_for(dev, traffic, config.none_share)
+    report.train_texts, report.dev_texts = len(train), len(dev.rows)
+    report.dev = dev.describe()
+    report.none_share = dev.share()
     return catalog, train, dev
 
 
@@ -149,33 +212,43 @@ class _Trials:
 
     settings: Settings
     indexed: Catalog  # the catalog with the train examples
-    dev: Rows
+    dev: Dev
     config: FitConfig
     report: FitReport
     progress: Progress
+    synced: dict[str, SyncReport] = field(default_factory=dict)  # what each index embedded
 
     def candidate(self, name: str, db: Path, embedder: str) -> tuple[LabelIndex, Calibration]:
         """Index with one model in the work directory (always embedded, never a server), then
-        calibrate on the dev split."""
+        calibrate on the dev set."""
         with _stage(self.report, f"index ({name})", self.progress):
             where = self.settings.model_copy(update={"db": db, "chroma_host": None,
                                                      "embedder": embedder, "prototypes": True})
-            index_catalog(where, self.indexed)
+            self.synced[name], _ = index_catalog(where, self.indexed)
             index = build_index(where)
             _train_head(where, index, self.report)
         with _stage(self.report, f"calibrate ({name})", self.progress):
-            return index, _calibrate(self.settings, index, self.dev, self.report.none_share,
-                                     self.config)
+            return index, self.dev.calibrate(self.settings, index, self.config.min_texts_per_s)
 
-    def final(self, embedder: str, state: _State) -> LabelIndex:
-        """The user's index with the kept model, prototypes and a head on its embeddings."""
+    def final(self, embedder: str, source: LabelIndex) -> LabelIndex:
+        """The user's index with the kept model, prototypes and a head on its embeddings; its
+        vectors are those the kept model's candidate index (`source`) already holds."""
         settings = self.settings.model_copy(update={"embedder": embedder, "prototypes": True})
-        if state.get("final_embedder") not in (None, embedder):
-            # Another model won last time: its vectors cannot stay beside this one's.
-            drop_index(chroma_client(settings.db, settings.chroma_host, settings.chroma_port),
-                       settings.collection)
-        index_catalog(settings, self.indexed)
-        state.set("final_embedder", embedder)
+        stored = StoredEmbedder(source)
+        with writing(settings, "index"):
+            try:
+                index = build_index(settings, stored)
+            except IndexMismatchError:
+                # DIR holds an index of another model (an earlier fit's winner, or `labelrank
+                # index` before fit): its vectors cannot stay beside this one's.
+                drop_index(chroma_client(settings.db, settings.chroma_host,
+                                         settings.chroma_port), settings.collection)
+                index = build_index(settings, stored)
+            if not settings.max_examples_per_label:
+                index.recover(shared=settings.chroma_host is not None)
+                index.sync(self.indexed)
+        if settings.max_examples_per_label:  # pivots are chosen as indexing goes: embed again
+            index_catalog(settings, self.indexed)
         final = build_index(settings)
         _train_head(settings, final, self.report)
         return final
@@ -187,21 +260,11 @@ def _train_head(settings: Settings, index: LabelIndex, report: FitReport) -> Non
         report.head.append(train_head(settings, index))
 
 
-def _split(rows: Rows, catalog: Catalog, dev_path: Path | None, share: float,
-           skipped: list[SkippedRow]) -> tuple[Rows, Rows]:
-    """(train, dev): the given dev file, or a stratified share of the examples."""
-    if dev_path is not None:
-        dev = load_labelled(dev_path, catalog, skipped)
-        return [r for r in rows if r[1]], dev
+def _split(rows: Rows, share: float) -> tuple[Rows, Rows]:
+    """(train, dev): a stratified share of the examples (dev may be empty)."""
     train_rows, dev_rows = holdout([labels for _, labels in rows], share,
                                    [text for text, _ in rows])
-    train, dev = [rows[i] for i in train_rows], [rows[i] for i in dev_rows]
-    if not train:
-        raise FitError("no example texts: fit needs labelled examples (in the catalog's lines "
-                       "or --examples FILE)")
-    if not dev:
-        raise FitError("no dev texts: every label has a single example; give --dev FILE")
-    return train, dev
+    return [rows[i] for i in train_rows], [rows[i] for i in dev_rows]
 
 
 def _without_examples(catalog: Catalog) -> tuple[Catalog, Rows]:
@@ -222,6 +285,13 @@ def none_share_for(dev: Rows, traffic: Rows, asked: float | None) -> float | Non
     return asked if asked is not None else sum(not labels for _, labels in traffic) / len(traffic)
 
 
+def _share(dev: Rows, traffic: Rows, config: FitConfig) -> float | None:
+    """none_share_for; with no out-of-scope dev text, the share asked for (the dev set then
+    gets out-of-scope texts of its own)."""
+    found = none_share_for(dev, traffic, config.none_share)
+    return config.none_share if found is None else found
+
+
 def _with_examples(catalog: Catalog, rows: Rows) -> Catalog:
     examples: dict[str, list[str]] = {}
     for text, labels in rows:
@@ -230,27 +300,28 @@ def _with_examples(catalog: Catalog, rows: Rows) -> Catalog:
     return catalog.with_examples(examples)
 
 
-def _calibrate(settings: Settings, index: LabelIndex, dev: Rows, none_share: float | None,
-               config: FitConfig) -> Calibration:
-    texts, gold = [t for t, _ in dev], [list(labels) for _, labels in dev]
-    metric = "f1_samples" if any(len(g) > 1 for g in gold) else "accuracy"
-    best, _ = search_settings(index, texts, gold, settings.top_k, metric,
-                              search_space(settings),
-                              config.min_texts_per_s, none_share=none_share)
-    return best
-
-
-def _retune(base: LabelIndex, train: Rows, work: Path, model_dir: Path,
-            config: FitConfig) -> None:
+def _retune(base: LabelIndex, catalog: Catalog, train: Rows, held: frozenset[str],
+            model_dir: Path, config: FitConfig, seconds: float) -> None:
+    """Tune a copy of the base model on the train examples and on the catalog texts of every
+    label not held out for dev, within `seconds`."""
     import shutil
 
     shutil.rmtree(model_dir, ignore_errors=True)
-    examples = work / "train.jsonl"
-    examples.write_text("".join(json.dumps({"text": t, "labels": list(labels)}) + "\n"
-                                for t, labels in train))
-    tune(base, examples, model_dir, TuneConfig(
+    texts_by_label: dict[str, list[str]] = {}
+    for text, labels in train:
+        for label in labels:
+            texts_by_label.setdefault(label, []).append(text)
+    assignable = [lid for lid, label in catalog.labels.items() if label.assignable]
+    tune_texts(base, texts_by_label, model_dir, TuneConfig(
         epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate,
-        max_pairs=config.max_pairs, max_seconds=config.minutes * 60))
+        max_pairs=config.max_pairs, max_seconds=seconds, pairs_for_budget=True),
+        catalog_labels=assignable, hidden=held, source="fit")
+
+
+def _tuning_figures(model_dir: Path) -> tuple[dict[str, int], float, float]:
+    """(pairs per kind, mining seconds, training seconds) of the tuned model's run."""
+    done = json.loads((model_dir / PROVENANCE_FILE).read_text())
+    return done.get("kinds", {}), done.get("mining_s", 0.0), done.get("training_s", 0.0)
 
 
 def _figures(cal: Calibration) -> dict:
