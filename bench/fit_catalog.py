@@ -104,7 +104,19 @@ def scores(db: Path, spec: Spec) -> dict[str, dict]:
     return out
 
 
-def run(name: str, root: Path, minutes: float, others: int | None) -> dict:
+def dev_file(spec: Spec, root: Path, half: str | None) -> Path | None:
+    """That half of the first labelled file, written as a --dev file (None: no half)."""
+    if half is None:
+        return None
+    data = load_dataset(spec.splits[0][1], half=half)
+    out = root / f"dev-{half}.jsonl"
+    out.write_text("".join(json.dumps({"text": e.text, "labels": list(e.labels)}) + "\n"
+                           for e in data.examples))
+    return out
+
+
+def run(name: str, root: Path, minutes: float, others: int | None,
+        dev_half: str | None = None) -> dict:
     """Rows (a) and (b) of one dataset."""
     spec = SPECS[name]
     root = root / name
@@ -123,7 +135,8 @@ def run(name: str, root: Path, minutes: float, others: int | None) -> dict:
     if not seeded.exists():
         shutil.copytree(base, seeded)
     started = time.perf_counter()
-    report = fit(settings_at(fitted), catalog, [], None, FitConfig(minutes=minutes),
+    report = fit(settings_at(fitted), catalog, [], dev_file(spec, root, dev_half),
+                 FitConfig(minutes=minutes),
                  progress=lambda stage: print(f"  {name}: {stage}", file=sys.stderr, flush=True))
     result["fit"] = {"report": asdict(report), "wall_s": round(time.perf_counter() - started),
                      **scores(fitted, spec)}
@@ -140,8 +153,11 @@ def main() -> None:
     parser.add_argument("--labels", type=int, help="keep the labelled files' labels and this "
                         "many others (a shorter run; see the module docstring)")
     parser.add_argument("--json", type=Path, help="write every figure here")
+    parser.add_argument("--dev-half", choices=["a"], help="fit chooses on this half of the "
+                        "first labelled file (the figures stay on half b)")
     args = parser.parse_args()
-    figures = {name: run(name, args.root, args.minutes, args.labels) for name in args.datasets}
+    figures = {name: run(name, args.root, args.minutes, args.labels, args.dev_half)
+               for name in args.datasets}
     if args.json:
         args.json.write_text(json.dumps(figures, indent=1))
 

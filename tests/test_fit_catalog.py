@@ -5,14 +5,16 @@ a dev set without out-of-scope texts gets its own."""
 from __future__ import annotations
 
 import json
+import random
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from retrieval.catalog import load_catalog
+from retrieval.catalog import Label, load_catalog
 from retrieval.embedder import DEFAULT_MODEL
 from retrieval.index import label_texts
+from retrieval.tune.catalog_pairs import catalog_pairs
 from retrieval.tune.train import TuneConfig, training_rows
 from service.engine import open_engine
 from service.factory import build_index
@@ -159,3 +161,13 @@ def test_its_own_out_of_scope_texts_keep_the_none_threshold(won: tuple[Path, Fit
     # Without out-of-scope texts any threshold under the in-scope texts' scores is as good:
     # the search keeps the lowest; with them it must rise above theirs.
     assert with_own.threshold.min_similarity > without.threshold.min_similarity
+
+
+def test_a_catalog_of_names_alone_still_makes_composed_pairs() -> None:
+    labels = {f"l{i}": Label(f"l{i}", f"name {i}") for i in range(8)}
+    pairs, gold = catalog_pairs(labels, sorted(labels), random.Random(0))
+    assert pairs and {p.kind for p in pairs} == {"composed"}
+    assert all(p.label_id in gold[p.anchor] and p.positive == labels[p.label_id].name
+               for p in pairs)
+    assert all(2 <= len(gold[p.anchor]) <= 3 for p in pairs)
+    assert catalog_pairs({"l0": labels["l0"]}, ["l0"], random.Random(0)) == ([], {})

@@ -34,7 +34,8 @@ def catalog_pairs(labels: Mapping[str, Label], label_ids: Sequence[str],
                 pairs.append(Pair(text, label.name, label_id, kind))
                 gold.setdefault(text, set()).add(label_id)
     if len(usable) > 1:
-        for _ in range(int(len(pairs) * COMPOSED_PER_PAIR)):
+        # A catalog of names alone has no alias or description pair: composed texts still are.
+        for _ in range(int(len(pairs) * COMPOSED_PER_PAIR) or len(usable) // 4):
             parts = rng.sample(usable, min(len(usable), rng.choice((2, 3))))
             text = join([_piece(labels[lid], rng) for lid in parts])
             gold.setdefault(text, set()).update(parts)

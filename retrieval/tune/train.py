@@ -241,6 +241,9 @@ def tune_texts(index: LabelIndex, texts_by_label: dict[str, list[str]], out: Pat
                                         deadline - time.perf_counter())
     report.budget_pairs = budget_pairs
     rows = training_rows(index, texts_by_label, config, catalog_labels, hidden, budget_pairs)
+    if not rows:
+        raise TuningError("no training pairs: no example, alias or description outside the "
+                          "labels held out, and too few labels to compose texts of")
     report.mining_s = round(time.perf_counter() - started, 1)
     report.pairs = len(rows)
     report.label_pairs = sum(r.kind == "label" for r in rows)

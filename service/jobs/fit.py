@@ -25,7 +25,7 @@ from retrieval.catalog import Catalog, SkippedRow, load_catalog, load_labelled
 from retrieval.errors import IndexMismatchError
 from retrieval.index import LabelIndex, SyncReport, chroma_client, drop_index, label_texts
 from retrieval.tune.stored import StoredEmbedder
-from retrieval.tune.train import PROVENANCE_FILE, TuneConfig, tune_texts
+from retrieval.tune.train import PROVENANCE_FILE, TuneConfig, TuningError, tune_texts
 from service.factory import build_index
 from service.jobs.fit_dev import MIN_DEV_TEXTS, FitError, LabeledDev, PseudoDev
 from service.jobs.indexing import index_catalog, train_head
@@ -119,8 +119,11 @@ def fit(settings: Settings, catalog_path: Path, example_paths: Sequence[Path],
         if state.get("tuned_for") == tuning_key and (model_dir / PROVENANCE_FILE).is_file():
             report.reused.append("tune")
         elif tune_s >= MIN_TUNE_S:
-            _retune(base, catalog, train, dev.held_labels, model_dir, config, tune_s)
-            state.set("tuned_for", tuning_key)
+            try:
+                _retune(base, catalog, train, dev.held_labels, model_dir, config, tune_s)
+                state.set("tuned_for", tuning_key)
+            except TuningError as exc:
+                report.why = f"not tuned: {exc}"
     tuned = state.get("tuned_for") == tuning_key
     best = base_cal
     if tuned:
@@ -134,7 +137,7 @@ def fit(settings: Settings, catalog_path: Path, example_paths: Sequence[Path],
         report.why = (f"dev {base_cal.metric}: base {base_cal.value:.4f}, tuned "
                       f"{tuned_cal.value:.4f}: the tuned model "
                       + ("wins" if keep else f"does not win by more than {TUNE_MARGIN}"))
-    else:
+    elif not report.why:
         report.why = (f"not tuned: {tune_s:.0f} s of the {config.minutes:g}-minute budget "
                       f"were left for it (at least {MIN_TUNE_S:.0f} s needed)")
     with _stage(report, "index (final)", progress):
