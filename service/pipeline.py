@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
 
 from prompts.infer import Inference
 from prompts.render import Option
@@ -17,7 +19,14 @@ from retrieval.errors import InvalidTextError, LabelrankError, TextTooLongError
 from retrieval.fusion import Candidate
 from retrieval.index import LabelIndex
 from retrieval.taxonomy import taxonomy_of
-from service.results import ClassifyResult, ItemError, LabelScore, NoneReason, Outcome
+from service.results import (
+    ClassifyResult,
+    ItemError,
+    LabelScore,
+    NoneReason,
+    Outcome,
+    rounded,
+)
 
 Mode = Literal["auto", "llm", "retrieval"]
 
@@ -90,6 +99,8 @@ class Pipeline:
         self.llm_concurrency = llm_concurrency
         self._pool = ThreadPoolExecutor(max_workers=llm_concurrency,
                                         thread_name_prefix="labelrank-llm")
+        self._facts: tuple[Mapping[str, Label], Callable[[str], tuple[str, list[str] | None]
+                                                          | None]] | None = None
 
     def with_parts(self, retriever: CandidateSource | None = None,
                    selector: Selector | None = None) -> Pipeline:
@@ -139,8 +150,8 @@ class Pipeline:
                 [(texts[i], cands, inference) for i, cands, inference
                  in zip(valid, shortlists, inferred, strict=True)])
         else:
-            chosen = (self._with_threshold(c, max_labels, subtree=options.subtree)
-                      for c in shortlists)
+            chosen = (self._with_threshold(c, max_labels, subtree=options.subtree, scores=s)
+                      for c, s in zip(shortlists, self._scores_of(shortlists), strict=True))
         for position, result in zip(valid, chosen, strict=True):
             result.latency_ms = round(result.latency_ms + retrieval_ms, 2)
             outcomes[position] = result
@@ -183,23 +194,22 @@ class Pipeline:
         return None if subtree is None else taxonomy_of(self.index.labels).subtree(subtree)
 
     def _with_threshold(self, candidates: list[Candidate], max_labels: int,
-                        degraded_reason: str | None = None,
-                        subtree: str | None = None) -> ClassifyResult:
-        rule = replace(self.threshold, max_labels=max_labels)
-        taxonomy = taxonomy_of(self.index.labels)
-        chosen = choose(candidates, rule, lambda label_id: taxonomy.branch(label_id, 0))
-        none_reason: NoneReason | None = None
-        reason = degraded_reason
-        if not chosen:
-            none_reason, why = _subtree_empty(subtree) if not candidates and subtree \
-                else why_none(candidates, rule)
-            reason = reason or why
-        scores = self._scores(candidates)
-        by_id = {score.id: score for score in scores}
-        return ClassifyResult(labels=[by_id[c.label_id] for c in chosen if c.label_id in by_id],
-                              candidates=scores,
-                              mode="retrieval", degraded=degraded_reason is not None,
-                              reason=reason, none_reason=none_reason)
+                        degraded_reason: str | None = None, subtree: str | None = None,
+                        scores: list[LabelScore] | None = None) -> ClassifyResult:
+        rule = (self.threshold if max_labels == self.threshold.max_labels
+                else replace(self.threshold, max_labels=max_labels))
+        scores = self._scores(candidates) if scores is None else scores
+        branch = taxonomy_of(self.index.labels).branch
+        chosen = choose(candidates, rule, lambda label_id: branch(label_id, 0))
+        if chosen:
+            by_id = {score.id: score for score in scores}
+            return ClassifyResult([by_id[c.label_id] for c in chosen if c.label_id in by_id],
+                                  scores, "retrieval", degraded_reason is not None,
+                                  degraded_reason)
+        none_reason, why = _subtree_empty(subtree) if not candidates and subtree \
+            else why_none(candidates, rule)
+        return ClassifyResult([], scores, "retrieval", degraded_reason is not None,
+                              degraded_reason or why, none_reason)
 
     def _with_llm(self, selector: Selector, text: str, candidates: list[Candidate],
                   inference: Inference | None, max_labels: int,
@@ -246,15 +256,41 @@ class Pipeline:
                 for c in candidates]
 
     def _scores(self, candidates: Sequence[Candidate]) -> list[LabelScore]:
+        return self._scores_of([candidates])[0]
+
+    def _scores_of(self, shortlists: Sequence[Sequence[Candidate]]) -> list[list[LabelScore]]:
+        """Each shortlist as the result shows it (a label deleted meanwhile is left out)."""
+        facts = self._label_facts()
+        flat = [c for candidates in shortlists for c in candidates]
+        numbers = iter(rounded(np.array([x for c in flat for x in (c.score, c.similarity)])))
+        out = []
+        for candidates in shortlists:
+            scores = []
+            for c in candidates:
+                score, similarity = next(numbers), next(numbers)
+                if (known := facts(c.label_id)) is not None:
+                    scores.append(LabelScore(c.label_id, known[0], score, similarity, known[1]))
+            out.append(scores)
+        return out
+
+    def _label_facts(self) -> Callable[[str], tuple[str, list[str] | None] | None]:
+        """A label's name and ancestor path as a result shows them, once per labels snapshot
+        (None for a label not in it)."""
         labels = self.index.labels
-        taxonomy = taxonomy_of(labels)
-        # model_construct: every field is already of its type, and validating ~30 scores per
-        # text was a third of the Python left in a retrieval-only batch.
-        return [LabelScore.model_construct(id=c.label_id, name=labels[c.label_id].name,
-                                           score=round(c.score, 6),
-                                           similarity=round(c.similarity, 6),
-                                           path=list(taxonomy.path(c.label_id)) or None)
-                for c in candidates if c.label_id in labels]
+        if self._facts is None or self._facts[0] is not labels:
+            path = taxonomy_of(labels).path
+            facts: dict[str, tuple[str, list[str] | None] | None] = {}
+
+            def known(label_id: str) -> tuple[str, list[str] | None] | None:
+                found = facts.get(label_id, False)
+                if found is False:
+                    label = labels.get(label_id)
+                    found = facts[label_id] = None if label is None else (
+                        label.name, list(path(label_id)) or None)
+                return found
+
+            self._facts = (labels, known)
+        return self._facts[1]
 
 
 def _with_inference(result: ClassifyResult, inference: Inference) -> ClassifyResult:

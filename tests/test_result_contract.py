@@ -14,6 +14,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -25,6 +26,7 @@ from retrieval.embedder import SentenceTransformerEmbedder
 from retrieval.index import LabelIndex, chroma_client
 from service.batch.run import BatchOptions, run_batch
 from service.engine import open_engine
+from service.results import SCORE_DIGITS, rounded
 from tests.conftest import DATA, MINI_CATALOG, api_settings, make_settings, wait_ready
 from tests.fake_openai import FakeOpenAI, Reply
 
@@ -167,3 +169,14 @@ def test_wire_json_is_unchanged(front: str, tmp_path: Path, db: Path,
     pinned = json.loads(GOLDEN.read_text())[front]
     same_wire(records, pinned["records"])
     assert shape == pinned["shape"]
+
+
+def test_rounded_gives_pythons_round_exactly() -> None:
+    rng = np.random.default_rng(0)
+    halves = (np.arange(-2000, 2000) + 0.5) / 10**SCORE_DIGITS  # ties, near ties after scaling
+    values = np.concatenate([rng.normal(0, 1, 20_000), rng.uniform(-1, 1, 20_000) * 1e-6,
+                             halves, np.nextafter(halves, 0), np.nextafter(halves, 1),
+                             [0.0, -0.0, 1e300, -1e300, np.inf, -np.inf, 5e-324]])
+    got = rounded(values)
+    want = [round(float(v), SCORE_DIGITS) for v in values]
+    assert [repr(g) for g in got] == [repr(w) for w in want]  # repr: -0.0 and 0.0 differ

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -66,6 +67,7 @@ class BatchRequest(ClassifyOptionsIn):
     items: list[BatchItem]
 
 
+@dataclass(slots=True)
 class BatchResultItem(ClassifyResult):
     """A classified batch item."""
 

@@ -14,10 +14,8 @@ from retrieval.taxonomy import taxonomy_of
 from service.api.auth import require_read, require_write
 from service.api.errors import error_of
 from service.api.models import (
-    BatchErrorItem,
     BatchRequest,
     BatchResponse,
-    BatchResultItem,
     BatchTooLargeError,
     ClassifyOptionsIn,
     ClassifyRequest,
@@ -91,10 +89,13 @@ def _raise_item(outcome: Outcome) -> ClassifyResult:
     return outcome
 
 
+# Results leave as JSON dumped by their own serializer: FastAPI would copy each into a dict and
+# validate it again against the response model, which stays for the documentation.
 @read.post("/v1/classify", response_model=ClassifyResult, tags=["classify"])
 async def classify(body: ClassifyRequest, state: StateDep, pipeline: PipelineDep) -> Any:
     """Classify one text; concurrent requests are micro-batched into one pipeline call."""
-    return _raise_item(await state.classify_one(pipeline, body.text, _options(body)))
+    result = _raise_item(await state.classify_one(pipeline, body.text, _options(body)))
+    return JSONResponse(result.model_dump(mode="json"))
 
 
 @read.post("/v1/classify/batch", response_model=BatchResponse, tags=["classify"])
@@ -106,10 +107,10 @@ async def classify_batch(body: BatchRequest, state: StateDep, pipeline: Pipeline
                                  limit=state.settings.max_batch_items)
     outcomes = await anyio.to_thread.run_sync(
         state.run_batch, pipeline, [item.text for item in body.items], _options(body), "batch")
-    results = [BatchErrorItem(id=item.id, error=out.error) if isinstance(out, ItemError)
-               else BatchResultItem(id=item.id, **dict(out)) for item, out in
-               zip(body.items, outcomes, strict=True)]
-    return BatchResponse(results=results)
+    results = [{"id": item.id, **out.model_dump(mode="json")} if isinstance(out, ItemError)
+               else {**out.model_dump(mode="json"), "id": item.id}
+               for item, out in zip(body.items, outcomes, strict=True)]
+    return JSONResponse({"results": results})
 
 
 @read.get("/v1/labels", response_model=LabelPage, tags=["labels"])
