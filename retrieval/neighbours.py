@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 import numpy as np
 
@@ -78,8 +79,9 @@ def fuse(found: Neighbours, how: Aggregation, top_k: int,
     keep = found.labels >= 0
     keep[keep] = allowed[found.labels[keep]]
     r, label, rk, sim = row[keep], found.labels[keep], rank[keep], found.similarities[keep]
-    # Hits grouped by (row, label), best rank first within a group.
-    order = np.lexsort((rk, label, r))
+    # Hits grouped by (row, label), best rank first within a group: one integer key, which sorts
+    # several times faster than lexsort's three.
+    order = np.argsort((r * len(found.table.ids) + label) * (depth + 1) + rk)  # keys are unique
     r, label, rk, sim = r[order], label[order], rk[order], sim[order]
     starts = np.flatnonzero(np.r_[True, (r[1:] != r[:-1]) | (label[1:] != label[:-1])])
     group = np.cumsum(np.r_[False, (r[1:] != r[:-1]) | (label[1:] != label[:-1])])
@@ -96,15 +98,25 @@ def fuse(found: Neighbours, how: Aggregation, top_k: int,
             picked = counted & (within == nth)
             score[group[picked]] += contribution[picked]
     g_row, g_label = r[starts], label[starts]
-    ranked = np.lexsort((g_label, -best_similarity, -score, g_row))
-    g_row, g_label, score, best_similarity = (g_row[ranked], g_label[ranked], score[ranked],
-                                              best_similarity[ranked])
+    return _best(found.table.ids, g_row, g_label, score, best_similarity, queries, top_k)
+
+
+def _best(ids: tuple[str, ...], g_row: np.ndarray, g_label: np.ndarray, score: np.ndarray,
+          similarity: np.ndarray, queries: int, top_k: int) -> list[list[Candidate]]:
+    """Each row's `top_k` groups by score, then similarity, then id (groups come in row, then
+    id order). Sorted row by row in a padded (rows, groups) layout: the same stable sort on the
+    flat groups with the row as a third key cost three times as much."""
     row_start = np.searchsorted(g_row, np.arange(queries))
     position = np.arange(len(g_row)) - row_start[g_row]
-    shown = position < top_k
-    out: list[list[Candidate]] = [[] for _ in range(queries)]
-    ids = found.table.ids
-    for q, lab, s, b in zip(g_row[shown].tolist(), g_label[shown].tolist(),
-                            score[shown].tolist(), best_similarity[shown].tolist(), strict=True):
-        out[q].append(Candidate(ids[lab], s, b))
-    return out
+    width = int(position.max(initial=-1)) + 1
+    keys = np.full((2, queries, width), np.inf)  # padding sorts last
+    keys[0, g_row, position] = -similarity
+    keys[1, g_row, position] = -score
+    slot = np.full((queries, width), -1)
+    slot[g_row, position] = np.arange(len(g_row))
+    picked = np.take_along_axis(slot, np.lexsort(keys, axis=-1)[:, :top_k], axis=1)
+    counts = (picked >= 0).sum(axis=1).tolist()
+    picked = picked[picked >= 0]
+    found = iter(zip(g_label[picked].tolist(), score[picked].tolist(),
+                     similarity[picked].tolist(), strict=True))
+    return [[Candidate(ids[lab], s, b) for lab, s, b in islice(found, n)] for n in counts]
