@@ -9,6 +9,7 @@ sits next to the raw embedder's on the same texts, measured in the same run.
 
     python bench/scale.py --labels 3000                     # minutes: iterate with this
     python bench/scale.py --labels 3000 30000 100000 --json docs/scale.json
+    python bench/scale.py --labels 1000 --backend onnx --http   # also through `labelrank serve`
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ import math
 import os
 import resource
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,12 +37,14 @@ if TYPE_CHECKING:
     from retrieval.embedder import Embedder
     from service.pipeline import ClassifyOptions, Pipeline
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "datasets"
 EXAMPLE_SOURCES = ["goemotions/train", "clinc150/train", "banking77/train", "hwu64/train",
                    "nlupp/train", "banking77_oos/train"]
 QUERY_SOURCES = ["clinc150/valid", "goemotions/valid", "hwu64/valid", "banking77_oos/valid"]
 RAW_SAMPLE = 20_000
 REPEATS = 3  # batch timings: the best of this many rounds
+HTTP_CLIENTS = 16
 
 
 def sentences(sources: list[str]) -> list[str]:
@@ -77,6 +82,14 @@ def settings_for(db: Path, backend: str):
 
     return Settings(_env_file=None, db=db, embedder_backend=backend,
                     llm_base_url=None, llm_api_key=None)
+
+
+def query_texts(args: dict) -> tuple[list[str], list[str]]:
+    """The single-text queries and the batch, validation texts in a fixed random order."""
+    queries = sentences(QUERY_SOURCES)
+    rng = np.random.default_rng(0)
+    singles = [queries[i] for i in rng.permutation(len(queries))[:args["queries"]]]
+    return singles, [queries[i] for i in rng.permutation(len(queries))[:args["batch"]]]
 
 
 def percentiles(values_ms: list[float]) -> dict[str, float]:
@@ -126,10 +139,7 @@ def phase_serve(args: dict) -> dict:
     settings = settings_for(Path(args["db"]), args.get("serve_backend") or args["backend"])
     pipeline = build_pipeline(settings)
     embedder = build_embedder(settings)
-    queries = sentences(QUERY_SOURCES)
-    rng = np.random.default_rng(0)
-    singles = [queries[i] for i in rng.permutation(len(queries))[:args["queries"]]]
-    batch = [queries[i] for i in rng.permutation(len(queries))[:args["batch"]]]
+    singles, batch = query_texts(args)
     options = ClassifyOptions(mode="retrieval")
     for text in singles[:20]:  # warm caches, allocator and HNSW pages
         pipeline.classify(text, options)
@@ -189,9 +199,106 @@ def stage_costs(pipeline: Pipeline, embedder: Embedder, batch: list[str],
             step()
             best[name] = min(best[name], time.perf_counter() - started)
     timings = {name: round(seconds * 1000 / len(batch), 3) for name, seconds in best.items()}
+    # What the stages timed alone leave of the whole call: results, checks, the call itself.
+    timings["rest"] = round(timings["total"] - timings["embed"] - timings["chroma_query"]
+                            - timings["fuse"], 3)
     timings["total_vs_embed_plus_query"] = round(
         timings["total"] / (timings["embed"] + timings["chroma_query"]), 2)
     return timings
+
+
+def phase_http(args: dict) -> dict:
+    """The HTTP API beside the in-process pipeline on the same texts, call after call: one
+    client's p50 and the overhead per request in ms, then 16 clients' texts/s against one
+    in-process batch (best of REPEATS interleaved rounds each)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from service.factory import build_pipeline
+    from service.pipeline import ClassifyOptions
+
+    backend = args.get("serve_backend") or args["backend"]
+    pipeline = build_pipeline(settings_for(Path(args["db"]), backend))
+    options = ClassifyOptions(mode="retrieval")
+    singles, batch = query_texts(args)
+    with api_server(Path(args["db"]), backend) as url, httpx.Client(base_url=url) as client:
+        def over_http(text: str, http: httpx.Client = client) -> None:
+            answer = http.post("/v1/classify", json={"text": text, "mode": "retrieval"})
+            answer.raise_for_status()
+
+        for text in singles[:20]:
+            pipeline.classify(text, options)
+            over_http(text)
+        local_ms, http_ms = [], []
+        for text in singles:
+            local_ms.append(timed_ms(lambda t=text: pipeline.classify(t, options)))
+            http_ms.append(timed_ms(lambda t=text: over_http(t)))
+        clients = [httpx.Client(base_url=url) for _ in range(HTTP_CLIENTS)]
+
+        def sixteen_clients() -> None:
+            with ThreadPoolExecutor(HTTP_CLIENTS) as pool:
+                shares = [batch[i::HTTP_CLIENTS] for i in range(HTTP_CLIENTS)]
+                list(pool.map(lambda c, share: [over_http(t, c) for t in share], clients, shares))
+
+        best = {"in_process": math.inf, "http": math.inf}
+        for _ in range(REPEATS):
+            best["in_process"] = min(best["in_process"],
+                                     timed_ms(lambda: pipeline.classify_batch(batch, options)))
+            best["http"] = min(best["http"], timed_ms(sixteen_clients))
+        for http in clients:
+            http.close()
+    local_p50, http_p50 = np.percentile(local_ms, 50), np.percentile(http_ms, 50)
+    return {"http_classify_ms": percentiles(http_ms),
+            "in_process_classify_ms": percentiles(local_ms),
+            "http_overhead_ms_p50": round(float(http_p50 - local_p50), 2),
+            "http_p50_vs_in_process_p50": round(float(http_p50 / local_p50), 2),
+            f"http_{HTTP_CLIENTS}_clients_texts_per_s": round(len(batch) * 1000 / best["http"]),
+            "in_process_batch_texts_per_s": round(len(batch) * 1000 / best["in_process"]),
+            f"http_{HTTP_CLIENTS}_clients_vs_in_process_batch": round(
+                best["in_process"] / best["http"], 2)}
+
+
+def timed_ms(step: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    step()
+    return (time.perf_counter() - started) * 1000
+
+
+@contextmanager
+def api_server(db: Path, backend: str) -> Iterator[str]:
+    """`labelrank serve` on a free loopback port, retrieval only, away from any .env."""
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LABELRANK_", "OPENAI_"))}
+    env |= {"LABELRANK_EMBEDDER_BACKEND": backend, "PYTHONPATH": str(ROOT)}
+    with tempfile.TemporaryDirectory() as cwd, (Path(cwd) / "serve.log").open("w+") as log:
+        server = subprocess.Popen(  # its access log would drown the figures: kept aside
+            [sys.executable, "-c", "from eval.cli import main; main()", "serve", "--db", str(db),
+             "--port", str(port)], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 600
+            while not _ready(httpx, url):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise SystemExit(f"labelrank serve did not get ready (exit {server.poll()}):"
+                                     f"\n{log.read()[-2000:]}")
+                time.sleep(0.5)
+            yield url
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+
+
+def _ready(httpx, url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def phase_recall(args: dict) -> dict:
@@ -213,7 +320,8 @@ def phase_recall(args: dict) -> dict:
     return {"hnsw_recall_at_100": round(float(np.mean(recall)), 4)}
 
 
-PHASES = {"build": phase_build, "raw": phase_raw, "serve": phase_serve, "recall": phase_recall}
+PHASES = {"build": phase_build, "raw": phase_raw, "serve": phase_serve, "http": phase_http,
+          "recall": phase_recall}
 
 
 def run_phase(name: str, args: dict) -> dict:
@@ -245,6 +353,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300, help="Single-text classify calls.")
     parser.add_argument("--batch", type=int, default=2000, help="Texts in the batch classify.")
     parser.add_argument("--recall", action="store_true", help="Also measure HNSW recall.")
+    parser.add_argument("--http", action="store_true",
+                        help="Also measure the HTTP API (labelrank serve) beside in-process.")
     parser.add_argument("--reuse", action="store_true", help="Keep an existing index.")
     parser.add_argument("--skip-raw", action="store_true", help="Skip the raw build baseline.")
     parser.add_argument("--json", type=Path, help="Also write all figures here.")
@@ -267,8 +377,9 @@ def main() -> None:
                 "queries": opts.queries, "batch": opts.batch}
         row = {"requested_labels": n_labels, "backend": opts.backend,
                "serve_backend": opts.serve_backend or opts.backend, "cpus": os.cpu_count()}
-        for phase in ["build", "raw", "serve", "recall"]:
-            if (phase == "recall" and not opts.recall) or (phase == "raw" and opts.skip_raw):
+        for phase in ["build", "raw", "serve", "http", "recall"]:
+            if ((phase == "recall" and not opts.recall) or (phase == "raw" and opts.skip_raw)
+                    or (phase == "http" and not opts.http)):
                 continue
             if phase == "build" and opts.reuse and db.exists():
                 continue
