@@ -38,7 +38,9 @@ def test_the_tuned_model_is_kept_when_it_wins(won: tuple[Path, FitReport]) -> No
     # The index answers with the model that built it, without being told.
     engine = open_engine(make_settings(db.parent, db=db))
     assert engine.index.embedder.name == str(db / WORK_DIR / "model")
-    result = engine.pipeline.classify("pandas spend most of the day chewing bamboo shoots",
+    # One topic only: a text that also names another label's alias ("chewing bamboo shoots")
+    # goes either way with the aggregation calibration picks on fit's dev split.
+    result = engine.pipeline.classify("giant pandas eat for hours every day",
                                       ClassifyOptions(mode="retrieval"))
     assert result.labels and result.labels[0].id == "animals.bears"
     assert engine.index.calibration()["dev_set"]["name"] == "fit dev split"
