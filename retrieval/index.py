@@ -31,6 +31,11 @@ _PAGE = 5000
 # Chroma turns one query batch into SQL with a bounded number of variables.
 _QUERY_BATCH = 256
 _MAX_ROWS = 25_000
+# Chroma fails a query whose graph hit a concurrent write has just deleted ("Error finding
+# id", met by the soak across compactions, or "Error getting embedding"); asked again, it
+# answers from the state after the write.
+_QUERY_ATTEMPTS = 5
+_RACED_WRITE = ("Error finding id", "Error getting embedding")
 # Chroma persists the HNSW graph every `sync_threshold` vectors written and rebuilds the rest
 # at each open from its log, inserting in parallel in an order of its own: each process then
 # searched a graph of its own (two runs of one batch: 324 of 2,000 CLINC150 shortlists
@@ -276,9 +281,7 @@ class LabelIndex(Compaction):
         step = max(1, min(_QUERY_BATCH, _MAX_ROWS // n)) if with_texts else _QUERY_BATCH
         results = []
         for start in range(0, len(vectors), step):
-            with self._gate.reading():
-                found = self._vectors.query(query_embeddings=vectors[start:start + step],
-                                            n_results=n, include=include)
+            found = self._query(vectors[start:start + step], n, include)
             for row, (ids, dists) in enumerate(zip(found["ids"], found["distances"],
                                                    strict=True)):
                 metas = found["metadatas"][row] if with_texts else None
@@ -315,13 +318,25 @@ class LabelIndex(Compaction):
         ids: list[list[str]] = []
         distances: list[list[float]] = []
         for start in range(0, len(vectors), _QUERY_BATCH):
-            with self._gate.reading():
-                found = self._vectors.query(
-                    query_embeddings=vectors[start:start + _QUERY_BATCH],
-                    n_results=min(n, self._count), include=["distances"])
+            found = self._query(vectors[start:start + _QUERY_BATCH], min(n, self._count),
+                                ["distances"])
             ids += found["ids"]
             distances += found["distances"]
         return ids, distances
+
+    def _query(self, vectors: np.ndarray, n: int, include: list[str]) -> Any:
+        """One Chroma query, asked again when it raced a label write (see _RACED_WRITE)."""
+        from chromadb.errors import InternalError  # chromadb loads with the client, not here
+
+        for attempt in range(1, _QUERY_ATTEMPTS + 1):
+            try:
+                with self._gate.reading():
+                    return self._vectors.query(query_embeddings=vectors, n_results=n,
+                                               include=include)
+            except InternalError as error:
+                if not any(m in str(error) for m in _RACED_WRITE) or attempt == _QUERY_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
 
     def embeddings(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
         """The stored vectors of these vector ids (ids no longer stored are left out). Reading

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -190,6 +192,40 @@ def test_a_graph_hit_whose_rows_a_concurrent_write_deleted_is_skipped(
         result = pipeline.classify("my kitten keeps biting my fingers",
                                    ClassifyOptions("retrieval"))
         assert "pets.cats" not in {c.id for c in result.candidates}
+
+
+def test_searches_racing_label_writes_are_answered(
+        mini_index: LabelIndex, embedder: SentenceTransformerEmbedder) -> None:
+    # Without asking again, Chroma failed about one such search a second here ("Error finding
+    # id": the soak's 500s across compactions); every search must answer, with every label.
+    queries = embedder.embed(["my kitten keeps biting my fingers", "the wifi drops"] * 20)
+    label = Label(id="pets.kittens", name="Kittens", aliases=("kitty",),
+                  description="young cats", examples=("my kitten bites", "kitten toys"))
+    stop = time.monotonic() + 5
+    failures: list[Exception] = []
+    answers: list[set[str]] = []
+
+    def write() -> None:
+        while time.monotonic() < stop:
+            mini_index.upsert(label)
+            mini_index.delete([label.id])
+
+    def search() -> None:
+        while time.monotonic() < stop:
+            try:
+                found = mini_index.search(queries, 30)
+            except Exception as error:  # what the test counts
+                failures.append(error)
+            else:
+                answers.append({hit.label_id for hit in found[0]})
+
+    threads = [threading.Thread(target=fn) for fn in (write, search, search)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:3]
+    assert answers and all("pets.cats" in labels for labels in answers)
 
 
 def stored_vector_ids(index: LabelIndex, label_id: str) -> set[str]:
