@@ -69,6 +69,7 @@ class BranchStage:
     # on held-out.
     margin: ClassVar[float] = 0.005
     sampled: ClassVar[bool] = False
+    budgeted: ClassVar[bool] = True
     max_widen: ClassVar[int] = BranchConfig().widen
     max_depth: ClassVar[int] = 3  # deepest branch level calibration tries
 

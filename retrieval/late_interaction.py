@@ -140,6 +140,7 @@ class TokenMatchStage:
     margin: ClassVar[float] = 0.005
     # One more encoder pass over the texts, and the shortlisted labels' phrases on first sight.
     sampled: ClassVar[bool] = True
+    budgeted: ClassVar[bool] = True
     max_widen: ClassVar[int] = 1
 
     def __init__(self, weight: float, direction: Direction = "label", widen: int = 1) -> None:

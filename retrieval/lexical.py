@@ -75,6 +75,7 @@ class LexicalStage:
     rounds: ClassVar[tuple[tuple[str, ...], ...]] = (("lexical_weight",),)
     margin: ClassVar[float] = 0.0
     sampled: ClassVar[bool] = False
+    budgeted: ClassVar[bool] = True
     max_widen: ClassVar[int] = 1
 
     def __init__(self, weight: float) -> None:

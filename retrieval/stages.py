@@ -96,6 +96,8 @@ class StageKind(Protocol):
     # A win must exceed the setting without the stage by this much (dev-set noise).
     margin: ClassVar[float]
     sampled: ClassVar[bool]  # costly: judged on a sample of the dev texts
+    # False: judged even past the search's time budget (cheap, and the default needs it).
+    budgeted: ClassVar[bool]
     max_widen: ClassVar[int]  # the deepest pool any of its tried settings asks for
 
     @classmethod

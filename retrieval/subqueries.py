@@ -140,6 +140,7 @@ class SubqueryStage:
     margin: ClassVar[float] = 0.0
     # Sub-queries cost 10-30 times a whole-text search: judged on a stable sample of dev texts.
     sampled: ClassVar[bool] = True
+    budgeted: ClassVar[bool] = True
     max_widen: ClassVar[int] = 1
 
     @classmethod

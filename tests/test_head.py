@@ -288,6 +288,16 @@ def test_self_calibration_weighs_a_head_that_never_saw_its_held_out_texts(
     assert weights == {0.25, 0.5, 0.75, 1.0}  # every weight the stage offers was tried
 
 
+def test_a_spent_budget_still_weighs_the_head(tmp_path: Path, index: LabelIndex) -> None:
+    # The bounded self-calibration's grid can spend the whole budget (NLU++: 30 s); the head
+    # is judged anyway, and only the costlier kinds are named as left untried.
+    found = self_calibrate(make_settings(tmp_path), index, budget_s=0.0)
+    weights = {c.stage_settings["head_weight"] for c in found.results if c.stage(HeadStage)}
+    assert weights == {0.25, 0.5, 0.75, 1.0}
+    skipped = found.record["dev_set"]["work"]["budget_skipped"]
+    assert skipped and "head_weight" not in skipped
+
+
 def test_a_catalog_too_small_to_calibrate_keeps_its_head_on(tmp_path: Path,
                                                             index: LabelIndex) -> None:
     record = shape_record(index)

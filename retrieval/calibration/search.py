@@ -6,8 +6,9 @@ aggregation at one depth, then the best few at the others); then each stage kind
 registry in its order, round by round over the values the kind declares, from the best setting
 so far. A kind is kept only when its best setting beats the one without it by the kind's
 margin. A costly (sampled) kind can be screened on a few texts first, so that only its best
-variant is ranked on the whole sample; a time budget stops the kinds not yet tried. Stages are
-handled only through `StageKind`: a registered stage is calibrated without a line here."""
+variant is ranked on the whole sample; a time budget stops the budgeted kinds not yet tried.
+Stages are handled only through `StageKind`: a registered stage is calibrated without a line
+here."""
 
 from __future__ import annotations
 
@@ -139,8 +140,8 @@ def search_settings(index: Any, texts: Sequence[str], gold: Sequence[Sequence[st
     the texts at `sampled_texts` (default: all); when one wins there, the winner is ranked on
     all texts again for its threshold. With `none_share`, the metric weighs the out-of-scope
     dev texts as that share of all texts (see `text_weights`). Past `deadline` (a
-    `time.perf_counter()` value), the grid is finished and no further setting is ranked: the
-    kinds left are named in `log.skipped`."""
+    `time.perf_counter()` value), the grid is finished and no further setting of a budgeted
+    kind is ranked: the kinds left are named in `log.skipped`."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
     if not texts:
@@ -162,14 +163,13 @@ def search_settings(index: Any, texts: Sequence[str], gold: Sequence[Sequence[st
     whole = run.search(texts, gold, depths[-1], widen)
     results = _grid(run, whole, depths, space)
     best, source = run.pick(results, floor=True), whole
-    run.deadline = deadline
     for kind, values in tried.items():
+        run.deadline = deadline if kind.budgeted else None
         try:
             best, source = _judge(run, kind, values, best, source, texts, gold, space,
                                   sampled_texts, widen, results)
         except _OutOfTime:
-            log.skipped = [_name(k) for k in list(tried)[list(tried).index(kind):]]
-            break
+            log.skipped.append(_name(kind))
     log.encoded, log.reused = memo.encoded, run.outputs.reused
     return best, results
 
