@@ -74,6 +74,11 @@ def calibrate(
         "(default: LABELRANK_CALIBRATION_MIN_TEXTS_PER_S).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show, do not save.")] = False,
     half: HalfOpt = None,
+    seconds: Annotated[float | None, typer.Option(
+        "--seconds", min=0, help="With --self: after this many seconds, try no further costly "
+        "stage (the grid always finishes; the summary names what was left). Default: no limit "
+        "(the self-calibration `index` runs is bounded by LABELRANK_SELF_CALIBRATION_SECONDS).")
+    ] = None,
 ) -> None:
     """Search every retrieval lever and the threshold on a dev set (labeled, or made from the
     catalog with --self); print each setting's score and texts/s; save the best with the index."""
@@ -85,11 +90,14 @@ def calibrate(
 
     if (dataset is None) == (not self_):
         raise typer.BadParameter("give a labeled DATASET or --self, not both")
+    if seconds is not None and not self_:
+        raise typer.BadParameter("--seconds bounds --self only")
     engine = open_engine(settings_from(db))
     floor = (engine.settings.calibration_min_texts_per_s if min_texts_per_s is None
              else min_texts_per_s)
     if dataset is None:
-        found = self_calibrate(engine.settings, engine.index, min_texts_per_s=floor)
+        found = self_calibrate(engine.settings, engine.index, min_texts_per_s=floor,
+                               budget_s=seconds, progress=True)
         best, results, record = found.best, found.results, found.record
         typer.echo(summary(found), err=True)
     else:

@@ -66,6 +66,12 @@ def test_index_self_calibrates_then_labeled_data_overrides(tmp_path: Path) -> No
     assert saved["source"] == "self" and saved["settings"]["subqueries"] == 0  # too slow
 
 
+    bounded = run("calibrate", "--self", "--db", db, "--seconds", "0", "--dry-run",
+                  LABELRANK_SELF_CALIBRATION_TEXTS="60")
+    assert bounded.exit_code == 0, bounded.stderr
+    assert "budget of 0 s spent, not tried: " in bounded.stderr
+
+
 def test_calibrate_needs_a_dataset_or_self(tmp_path: Path) -> None:
     done = run("calibrate", "--db", str(tmp_path / "db"))
     assert done.exit_code == 2 and "give a labeled DATASET or --self" in done.output
