@@ -47,17 +47,26 @@ def test_screening_ranks_only_a_sampled_kinds_best_variant_on_the_whole_sample(
         readonly_index: LabelIndex) -> None:
     only = {"branches": (), "token_match_weight": ()}  # sub-queries: the one sampled kind
     _, everything, _ = search(readonly_index, levers=only)
-    _, results, log = search(readonly_index, screen=3, levers=only)
+    _, results, log = search(readonly_index, screen=1, levers=only)
     variants = 4 + 2 + 1  # neighbours x n-grams, then the weight, then the words per part
     alone = [r for r in everything if r.stage(SubqueryStage) and len(r.stages) == 1]
     assert len(alone) == variants and all(r.n == len(TEXTS) for r in alone)
-    screened = [r for r in results if r.stage(SubqueryStage) and r.n == 3]
+    screened = [r for r in results if r.stage(SubqueryStage) and r.n == 1]
     on_all = [r for r in results if r.stage(SubqueryStage) and len(r.stages) == 1
               and r.n == len(TEXTS)]
-    # every variant of every round on the 3 screening texts; at most the best of them on all six
+    # every variant of every round on the screening text; at most the best of them on all six
     out = "subqueries" in log.screened_out
     assert len(screened) == variants and len(on_all) == (0 if out else 1)
     assert log.texts_ranked < sum(r.n for r in everything)
+
+
+def test_a_sample_under_four_screens_is_not_screened(readonly_index: LabelIndex) -> None:
+    only = {"branches": (), "token_match_weight": ()}
+    _, everything, _ = search(readonly_index, levers=only)
+    _, results, log = search(readonly_index, screen=2, levers=only)  # 6 texts: under 4 x 2
+    assert not log.screened_out and not any(r.n == 2 for r in results)
+    assert [(r.describe(), r.value) for r in results] == [
+        (r.describe(), r.value) for r in everything]
 
 
 def test_a_shorter_grid_ranks_every_aggregation_once_and_the_best_at_every_depth(
