@@ -24,6 +24,11 @@ WINS = FitConfig(minutes=30, max_pairs=300, learning_rate=1e-4, batch_size=16)
 LOSES = FitConfig(minutes=30, max_pairs=32, learning_rate=1.0, batch_size=16)
 
 
+# fit on the 240-label demo twice (the tuned model winning, then losing) took over three of the
+# default run's eleven minutes: these run with `make test-slow` (CI runs both).
+slow = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def won(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, FitReport]:
     db = tmp_path_factory.mktemp("fit-wins") / "db"
@@ -31,6 +36,7 @@ def won(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, FitReport]:
     return db, fit(settings, DEMO / "catalog.jsonl", [], None, WINS)
 
 
+@slow
 def test_the_tuned_model_is_kept_when_it_wins(won: tuple[Path, FitReport]) -> None:
     db, report = won
     assert report.model == "tuned" and report.tuned and report.base
@@ -49,6 +55,7 @@ def test_the_tuned_model_is_kept_when_it_wins(won: tuple[Path, FitReport]) -> No
     assert report.dev["labels_taken_out_of_scope"] > 0 and report.none_share > 0
 
 
+@slow
 def test_prototypes_are_indexed_as_their_own_kind(won: tuple[Path, FitReport]) -> None:
     db, _ = won
     index = open_engine(make_settings(db.parent, db=db)).index
@@ -56,6 +63,7 @@ def test_prototypes_are_indexed_as_their_own_kind(won: tuple[Path, FitReport]) -
     assert kinds.count(PROTOTYPE) == 240  # every assignable demo label has examples
 
 
+@slow
 def test_a_rerun_with_the_same_inputs_does_no_work(won: tuple[Path, FitReport]) -> None:
     db, first = won
     again = fit(make_settings(db.parent, db=db, embed_threads=1), DEMO / "catalog.jsonl", [],
@@ -64,6 +72,7 @@ def test_a_rerun_with_the_same_inputs_does_no_work(won: tuple[Path, FitReport]) 
     assert again.settings == first.settings
 
 
+@slow
 def test_the_base_model_is_kept_when_tuning_loses(tmp_path: Path) -> None:
     # A dev file with out-of-scope texts: the thresholds are set for the stated share of them
     # (that the share moves the threshold is tested in test_calibration_none_share.py).
