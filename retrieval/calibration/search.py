@@ -170,6 +170,9 @@ def search_settings(index: Any, texts: Sequence[str], gold: Sequence[Sequence[st
     best, source = run.pick(results, floor=True), whole
     for kind, values in tried.items():
         run.deadline = deadline if kind.budgeted else None
+        if run.out_of_time():  # before a sampled kind embeds and searches its sample
+            log.skipped.append(_name(kind))
+            continue
         try:
             best, source = _judge(run, kind, values, best, source, texts, gold, space,
                                   sampled_texts, widen, results)
@@ -320,6 +323,10 @@ class _Runner:
         self.searches = 0
         self.deadline: float | None = None
 
+    def out_of_time(self) -> bool:
+        """The deadline (if any) has passed."""
+        return self.deadline is not None and time.perf_counter() > self.deadline
+
     def search(self, texts: Sequence[str], gold: Sequence[Sequence[str]], depth: int,
                widen: int) -> _Searched:
         """Embed and search the texts once, `depth` neighbours per unit, timed."""
@@ -332,7 +339,7 @@ class _Runner:
     def rank(self, searched: _Searched, how: Aggregation, stage_settings: StageSettings,
              step: str = "") -> Calibration:
         """One setting: its shortlists, best threshold, candidate recall and texts/s."""
-        if self.deadline is not None and time.perf_counter() > self.deadline:
+        if self.out_of_time():
             raise _OutOfTime
         configured = SimpleNamespace(**stage_settings)
         stages: list[CandidateStage] = []
