@@ -78,10 +78,10 @@ def fuse(found: Neighbours, how: Aggregation, top_k: int,
     queries, depth = found.labels.shape
     if queries == 0 or depth == 0:
         return [[] for _ in range(queries)]
-    if queries <= FEW_ROWS:
-        return _fuse_few(found, how, top_k, allowed)
     keep = found.labels >= 0
     keep[keep] = allowed[found.labels[keep]]
+    if queries <= FEW_ROWS:
+        return _fuse_few(found, keep, how, top_k)
     r, column = np.nonzero(keep)  # row-major: each row's hits in rank order
     label, sim, rk = found.labels[r, column], found.similarities[r, column], column + 1
     # Hits grouped by (row, label), best rank first within a group: one integer key, which sorts
@@ -110,11 +110,10 @@ def fuse(found: Neighbours, how: Aggregation, top_k: int,
     return _best(found.table.ids, g_row, g_label, score, best_similarity, queries, top_k)
 
 
-def _fuse_few(found: Neighbours, how: Aggregation, top_k: int,
-              allowed: np.ndarray) -> list[list[Candidate]]:
-    """`fuse` for a few rows, in plain Python: the same sums in the same order, the same ties."""
-    keep = found.labels >= 0
-    keep[keep] = allowed[found.labels[keep]]
+def _fuse_few(found: Neighbours, keep: np.ndarray, how: Aggregation,
+              top_k: int) -> list[list[Candidate]]:
+    """`fuse` for a few rows (`keep`: the hits on allowed labels), in plain Python: the same
+    sums in the same order, the same ties."""
     ids, rrf = found.table.ids, how.method != "max"
     cap = (how.max_hits or found.labels.shape[1]) if rrf else 1
     out = []
