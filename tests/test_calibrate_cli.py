@@ -65,7 +65,6 @@ def test_index_self_calibrates_then_labeled_data_overrides(tmp_path: Path) -> No
     saved = info(tmp_path / "db")["calibration"]
     assert saved["source"] == "self" and saved["settings"]["subqueries"] == 0  # too slow
 
-
     bounded = run("calibrate", "--self", "--db", db, "--seconds", "0", "--dry-run",
                   LABELRANK_SELF_CALIBRATION_TEXTS="60")
     assert bounded.exit_code == 0, bounded.stderr
