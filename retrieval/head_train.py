@@ -101,12 +101,7 @@ class _LazyAdam:
         self.steps = torch.zeros(len(weights), dtype=torch.float32)
         self.lr = config.learning_rate
 
-    def rows(self, touched):
-        """Leaf copies of the touched rows (weights, biases) to take gradients on."""
-        return (self.weights[touched].requires_grad_(),
-                self.biases[touched].requires_grad_())
-
-    def step(self, touched, w, b) -> None:
+    def step(self, touched, grad_w, grad_b) -> None:
         """One Adam step on the touched rows from their gradients."""
         import torch
 
@@ -116,8 +111,8 @@ class _LazyAdam:
             t = self.steps[touched]
             correction = (1 - beta2 ** t).sqrt() / (1 - beta1 ** t)
             for value, grad, m, v, rate in (
-                    (self.weights, w.grad, *self.moments[:2], correction[:, None]),
-                    (self.biases, b.grad, *self.moments[2:], correction)):
+                    (self.weights, grad_w, *self.moments[:2], correction[:, None]),
+                    (self.biases, grad_b, *self.moments[2:], correction)):
                 m_rows = m[touched].mul_(beta1).add_(grad, alpha=1 - beta1)
                 v_rows = v[touched].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 m[touched], v[touched] = m_rows, v_rows
@@ -146,29 +141,50 @@ def _epochs(params: _LazyAdam, x: np.ndarray, positives: np.ndarray, hard: np.nd
                                                         dtype=torch.bool)], dim=1)
             target = (candidates[:, :, None] == pos[:, None, :]).any(-1) & valid
             touched, where = torch.unique(candidates, return_inverse=True)
-            w, b = params.rows(touched)
-            logits = torch.einsum("nd,nkd->nk", xt[rows], w[where]) + b[where]
-            loss = _loss(logits, target, valid, config.mode)
-            # L2 on the rows this batch touched, as often as they appear in it.
-            loss = loss + config.l2 * (w[where] ** 2).sum() / len(batch)
-            loss.backward()
-            params.step(touched, w, b)
+            grad_w, grad_b = batch_gradients(xt[rows], params.weights[touched],
+                                             params.biases[touched], where, target, valid,
+                                             config)
+            params.step(touched, grad_w, grad_b)
             if time.perf_counter() - started > config.max_seconds:
                 break
         epochs += 1
     return epochs
 
 
-def _loss(logits, target, valid, mode: Mode):
+def batch_gradients(x, w, b, where, target, valid, config: TrainConfig,
+                    dense: bool | None = None):
+    """The loss's gradients on the touched rows `w`, `b` for a batch `x` whose candidates are
+    rows `where` [n x k], written out: autograd's backward through the gathered rows took 36
+    of 56 ms a step on the demo catalog, over half of all head training. `dense`: through
+    every (text, touched row) pair, two matrix products; else through the n x k gathered rows
+    only (default: dense while the touched rows are few, under 4 per text: 1.6 against 18.6
+    ms a step at 240 rows, 39 against 14 at 5,000)."""
     import torch
-    import torch.nn.functional as F
 
-    if mode == "ovr":
-        per_pair = F.binary_cross_entropy_with_logits(logits, target.float(), reduction="none")
-        return (per_pair * valid).sum() / valid.sum()
-    share = target.float() / target.sum(dim=1, keepdim=True).clamp(min=1)
-    masked = logits.masked_fill(~valid, float("-inf"))
-    return -(share * torch.log_softmax(masked, dim=1).masked_fill(~valid, 0.0)).sum(1).mean()
+    dense = len(w) <= 4 * len(x) if dense is None else dense
+    if dense:
+        logits = torch.addmm(b, x, w.T).gather(1, where)
+    else:
+        logits = torch.einsum("nd,nkd->nk", x, w[where]) + b[where]
+    if config.mode == "ovr":
+        grad = (torch.sigmoid(logits) - target.float()) * valid / valid.sum()
+    else:
+        share = target.float() / target.sum(dim=1, keepdim=True).clamp(min=1)
+        probs = torch.softmax(logits.masked_fill(~valid, float("-inf")), dim=1)
+        grad = (probs * share.sum(dim=1, keepdim=True) - share) * valid / len(x)
+    flat = where.reshape(-1)
+    if dense:
+        per_row = torch.zeros(len(x), len(w)).scatter_add_(1, where, grad)
+        grad_w, grad_b = per_row.T @ x, per_row.sum(0)
+    else:
+        grad_w = torch.zeros_like(w).index_add_(0, flat, (grad[:, :, None] * x[:, None, :])
+                                                .reshape(-1, w.shape[1]))
+        grad_b = torch.zeros_like(b).index_add_(0, flat, grad.reshape(-1))
+    if config.l2:
+        # L2 on the rows this batch touched, as often as they appear in it.
+        uses = torch.bincount(flat, minlength=len(w)).to(w.dtype)
+        grad_w += (2 * config.l2 / len(x)) * uses[:, None] * w
+    return grad_w, grad_b
 
 
 def _padded(label_sets: Sequence[Sequence[int]]) -> np.ndarray:

@@ -20,7 +20,14 @@ from retrieval.catalog import Catalog, Label, load_catalog
 from retrieval.embedder import Embedder
 from retrieval.fusion import Aggregation
 from retrieval.head import HeadStage
-from retrieval.head_train import TrainConfig, _hard_negatives, _padded, _prototypes, fit_head
+from retrieval.head_train import (
+    TrainConfig,
+    _hard_negatives,
+    _padded,
+    _prototypes,
+    batch_gradients,
+    fit_head,
+)
 from retrieval.index import LabelIndex, chroma_client
 from retrieval.retriever import Retriever
 from service.engine import open_engine
@@ -215,6 +222,40 @@ def test_training_is_deterministic_and_both_modes_learn_multi_label_sets() -> No
         assert right > 0.9, mode
         both = [n for n, labels in enumerate(label_sets) if len(labels) == 2]
         assert np.mean(np.isin(np.argsort(-logits[both], axis=1)[:, :2], [0, 1])) > 0.9, mode
+
+
+@pytest.mark.parametrize("dense", [True, False])
+@pytest.mark.parametrize(("mode", "l2"), [("ovr", 0.0), ("ovr", 0.01), ("softmax", 0.01)])
+def test_the_written_out_gradients_are_autograds(mode: str, l2: float, dense: bool) -> None:
+    torch = pytest.importorskip("torch")
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(6, 8, generator=generator)
+    w, b = torch.randn(5, 8, generator=generator), torch.randn(5, generator=generator)
+    # Row 0 has two positives (one padded slot in row 1), rows share candidates.
+    where = torch.tensor([[0, 1, 2, 3], [1, 0, 4, 2], [2, 3, 0, 4], [3, 4, 1, 0],
+                          [4, 2, 3, 1], [0, 4, 2, 1]])
+    target = torch.zeros(6, 4, dtype=torch.bool)
+    target[:, 0] = True
+    target[0, 1] = True
+    valid = torch.ones(6, 4, dtype=torch.bool)
+    valid[1, 1] = False
+    config = TrainConfig(mode, epochs=1, max_seconds=1.0, hard_negatives=2,  # type: ignore[arg-type]
+                         random_negatives=1, l2=l2)
+    wl, bl = w.clone().requires_grad_(), b.clone().requires_grad_()
+    logits = torch.einsum("nd,nkd->nk", x, wl[where]) + bl[where]
+    if mode == "ovr":
+        pairs = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, target.float(), reduction="none")
+        loss = (pairs * valid).sum() / valid.sum()
+    else:
+        share = target.float() / target.sum(dim=1, keepdim=True)
+        logp = torch.log_softmax(logits.masked_fill(~valid, float("-inf")), dim=1)
+        loss = -(share * logp.masked_fill(~valid, 0.0)).sum(1).mean()
+    loss = loss + l2 * (wl[where] ** 2).sum() / len(x)
+    loss.backward()
+    grad_w, grad_b = batch_gradients(x, w, b, where, target, valid, config, dense)
+    torch.testing.assert_close(grad_w, wl.grad)
+    torch.testing.assert_close(grad_b, bl.grad)
 
 
 def test_a_small_catalog_trains_for_more_passes_until_it_has_made_min_steps() -> None:
