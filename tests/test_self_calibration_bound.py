@@ -4,11 +4,12 @@ outputs reused), the time budget, its progress, and the same answer every run.""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
 
-from retrieval.calibration.search import SearchLog, SearchSpace, search_settings
+from retrieval.calibration.search import SearchLog, SearchSpace, _Runner, search_settings
 from retrieval.catalog import load_catalog
 from retrieval.fusion import Aggregation
 from retrieval.index import LabelIndex, chroma_client
@@ -67,6 +68,38 @@ def test_a_sample_under_four_screens_is_not_screened(readonly_index: LabelIndex)
     assert not log.screened_out and not any(r.n == 2 for r in results)
     assert [(r.describe(), r.value) for r in results] == [
         (r.describe(), r.value) for r in everything]
+
+
+def test_under_a_budget_a_small_sample_is_screened_only_when_the_whole_would_not_fit(
+        readonly_index: LabelIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+    only = {"branches": (), "token_match_weight": ()}
+    space = search_space(Settings(_env_file=None), aggregations=AGGREGATIONS, depths=(30, 50),
+                         levers=only, screen=2)  # 6 texts: under 4 x 2
+
+    def judged(far: float) -> tuple[list, SearchLog]:
+        log = SearchLog()
+        _, results = search_settings(readonly_index, TEXTS, GOLD, 5, "f1_samples", space,
+                                     deadline=time.perf_counter() + far, log=log)
+        return [r for r in results if r.stage(SubqueryStage) and len(r.stages) == 1], log
+
+    _, everything, _ = search(readonly_index, levers=only)
+    unscreened = [r.describe() for r in everything
+                  if r.stage(SubqueryStage) and len(r.stages) == 1]
+    ample, _ = judged(3600.0)  # screened, then every variant on the whole sample as well
+    assert [r.describe() for r in ample if r.n == len(TEXTS)] == unscreened
+    assert any(r.n == 2 for r in ample)
+    monkeypatch.setattr(_Runner, "affords", lambda self, seconds: False)
+    short, log = judged(3600.0)  # the screen decides: at most its pick on the whole sample
+    assert len([r for r in short if r.n == len(TEXTS)]) == (
+        0 if "subqueries" in log.screened_out else 1)
+
+
+def test_work_is_afforded_when_as_long_again_remains_after_it() -> None:
+    runner = _Runner.__new__(_Runner)
+    runner.deadline = None
+    assert runner.affords(1e9)
+    runner.deadline = time.perf_counter() + 100.0
+    assert runner.affords(40.0) and not runner.affords(60.0)
 
 
 def test_a_shorter_grid_ranks_every_aggregation_once_and_the_best_at_every_depth(

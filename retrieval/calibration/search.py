@@ -47,10 +47,14 @@ StageSettings = Mapping[str, object]
 # the kind's own margin. Promoting only winners screened sub-queries out of an ESCO sub-catalog
 # whose full search kept them (RP@10 on tech_valid's report half: 70.3 against 84.1).
 SCREEN_TOLERANCE = 0.02
-# A screen decides only where it saves most of a kind's work: on a sample at least this many
-# times its size. On an ESCO sub-catalog (3,165 labels, no examples) 64 of the 160 user-like
-# texts screened sub-queries out (0.393 against 0.426 f1) that all 160 kept; the kept setting
-# scored RP@10 84.1 / 83.6 on tech / house valid's report halves against 73.2 / 78.8.
+# A screen decides only where it saves most of a kind's work (on a sample at least this many
+# times its size), or where a time budget cannot afford the whole sample (the screen's time
+# scaled to it, leaving as long again for the kinds after it); else the whole sample decides.
+# On an ESCO sub-catalog (3,165 labels, no examples) 64 of the 160 user-like texts screened
+# sub-queries out (0.393 against 0.426 f1) that all 160 kept; the kept setting scored RP@10
+# 84.1 / 83.6 on tech / house valid's report halves against 73.2 / 78.8. On the demo catalog
+# (188 user-like texts, a 30 s budget) the whole sample's sub-queries spent the budget that
+# token matching, tried after them, needed.
 SCREEN_SHARE = 4
 
 @dataclass(frozen=True)
@@ -232,12 +236,20 @@ def _judge(run: _Runner, kind: type[StageKind], values: Mapping[str, tuple[objec
     else:
         sampled, base = source, best
     top: Calibration | None = None
-    if kind.sampled and space.screen and len(sample) >= SCREEN_SHARE * space.screen:
+    screened = False
+    large = len(sample) >= SCREEN_SHARE * space.screen
+    if kind.sampled and space.screen and len(sample) > space.screen and (
+            large or run.deadline is not None):
+        started = time.perf_counter()
         chosen = _screened(run, kind, values, base, sample, texts, gold, space, widen, results)
-        if chosen is not None:
+        whole = (time.perf_counter() - started) * len(sample) / space.screen
+        screened = large or not run.affords(whole)
+        if screened and chosen is None:
+            run.log.screened_out.append(step)
+        elif screened:
             top = run.rank(sampled.at(best.neighbours), base.aggregation, chosen, step)
             results.append(top)
-    else:
+    if not screened:
         top, more = _rounds(run, sampled.at(best.neighbours), base, kind, values)
         results += more
     if top is None or not run.allowed(top) or not beats(top, base, kind.margin):
@@ -268,7 +280,6 @@ def _screened(run: _Runner, kind: type[StageKind], values: Mapping[str, tuple[ob
     top, more = _rounds(run, searched, screen_base, kind, values)
     results += [screen_base, *more]
     if top is None or not beats(top, screen_base, -SCREEN_TOLERANCE):
-        run.log.screened_out.append(_name(kind))
         return None
     return top.stage_settings
 
@@ -326,6 +337,10 @@ class _Runner:
     def out_of_time(self) -> bool:
         """The deadline (if any) has passed."""
         return self.deadline is not None and time.perf_counter() > self.deadline
+
+    def affords(self, seconds: float) -> bool:
+        """Work of about `seconds` leaves at least as long again for the kinds after it."""
+        return self.deadline is None or 2 * seconds <= self.deadline - time.perf_counter()
 
     def search(self, texts: Sequence[str], gold: Sequence[Sequence[str]], depth: int,
                widen: int) -> _Searched:
