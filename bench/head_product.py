@@ -10,13 +10,18 @@ index calibrates itself, as a user gets it), then on the report half of `valid` 
 - labeled: `labelrank calibrate` on the dev half (every lever, the head's weight included);
 - LR: LogisticRegression(C=10) on the train examples' embeddings; single-label sets threshold
   its top probability for "none" (chosen on the dev half), multi-label sets a per-text global
-  probability threshold (one-vs-rest).
+  probability threshold (one-vs-rest);
+- fit (with `--fit-minutes M`): `labelrank fit` of the catalog and the same train file within M
+  minutes, in a directory of its own (it holds its own dev split out of train, tunes, trains
+  the head on the kept model and calibrates), scored on the same report half; its wall time
+  and what it kept are in the row.
 
 A set without `valid` (BANKING77) gives a stable fifth of `train` as valid; GoEmotions indexes a
 stable sample of `--max-train` train rows (43,410 would take most of an hour to embed here).
 Test splits are never read.
 
     python bench/head_product.py --datasets clinc150 hwu64 --root /tmp/labelrank-head-product
+    python bench/head_product.py --datasets hwu64 --fit-minutes 10 --root /tmp/lr-head-product
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from eval.metrics import evaluate
 from retrieval.calibration.scoring import Calibration
 from retrieval.catalog import load_catalog, load_examples
 from service.factory import build_index, build_pipeline, search_space
+from service.jobs.fit import FitConfig, fit
 from service.jobs.indexing import index_catalog, train_head
 from service.jobs.self_calibration import calibrate_after_index, self_calibrate
 from service.pipeline import ClassifyOptions
@@ -151,7 +157,20 @@ def reference(train: Path, catalog, settings: Settings, dev: Dataset, report: Da
     return {"f1_samples": f1(rep_p, rep_gold, best), "fit_s": fit_s}
 
 
-def run(name: str, root: Path, max_train: int, data: Path) -> dict[str, object]:
+def fitted_row(name: str, root: Path, train: Path, data: Path, report: Dataset, single: bool,
+               minutes: float) -> dict[str, object]:
+    """`labelrank fit` of the catalog and the train file in its own directory, scored."""
+    settings = Settings(_env_file=None, db=root / name / "fit-db")
+    started = time.perf_counter()
+    done = fit(settings, data / name / "catalog.jsonl", [train], None, FitConfig(minutes=minutes))
+    return {**product_eval(settings, report, single), "wall_s": round(time.perf_counter()
+                                                                      - started),
+            "model": done.model, "why": done.why,
+            "stages_s": {stage: round(seconds) for stage, seconds in done.seconds.items()}}
+
+
+def run(name: str, root: Path, max_train: int, data: Path,
+        fit_minutes: float | None = None) -> dict[str, object]:
     """Every row of one set."""
     train, valid = prepared(name, root, max_train, data)
     settings = Settings(_env_file=None, db=root / name / "db")
@@ -175,6 +194,8 @@ def run(name: str, root: Path, max_train: int, data: Path) -> dict[str, object]:
     best, _ = calibrate(build_pipeline(settings), dev, settings=settings)
     rows["labeled"] = product_eval(_applied(settings, best), report, single)
     rows["LR"] = reference(train, catalog, settings, dev, report, single)
+    if fit_minutes:
+        rows["fit"] = fitted_row(name, root, train, data, report, single, fit_minutes)
     return rows
 
 
@@ -191,9 +212,11 @@ def main() -> None:
     parser.add_argument("--max-train", type=int, default=16_000)
     parser.add_argument("--out", type=Path, default=None, help="Also write JSON lines here.")
     parser.add_argument("--data", type=Path, default=DATA, help="The shared datasets folder.")
+    parser.add_argument("--fit-minutes", type=float, default=None,
+                        help="Also run `labelrank fit` within this many minutes (a fit row).")
     args = parser.parse_args()
     for name in args.datasets:
-        rows = run(name, args.root, args.max_train, args.data)
+        rows = run(name, args.root, args.max_train, args.data, args.fit_minutes)
         line = json.dumps(rows, default=lambda v: round(v, 4) if isinstance(v, float) else v)
         print(line, flush=True)
         if args.out:
