@@ -8,11 +8,15 @@ import time
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from retrieval.head import HeadInfo, HeadRow, Mode, examples_digest
 from retrieval.index import LabelIndex
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 _CHUNK = 1024  # rows per similarity block: 1,024 x 30,000 floats is 123 MB
 _SCALE_SAMPLE = 2000  # examples whose candidates fit the untrained labels' map
@@ -101,7 +105,7 @@ class _LazyAdam:
         self.steps = torch.zeros(len(weights), dtype=torch.float32)
         self.lr = config.learning_rate
 
-    def step(self, touched, grad_w, grad_b) -> None:
+    def step(self, touched: Tensor, grad_w: Tensor, grad_b: Tensor) -> None:
         """One Adam step on the touched rows from their gradients."""
         import torch
 
@@ -151,8 +155,9 @@ def _epochs(params: _LazyAdam, x: np.ndarray, positives: np.ndarray, hard: np.nd
     return epochs
 
 
-def batch_gradients(x, w, b, where, target, valid, config: TrainConfig,
-                    dense: bool | None = None):
+def batch_gradients(x: Tensor, w: Tensor, b: Tensor, where: Tensor, target: Tensor,
+                    valid: Tensor, config: TrainConfig,
+                    dense: bool | None = None) -> tuple[Tensor, Tensor]:
     """The loss's gradients on the touched rows `w`, `b` for a batch `x` whose candidates are
     rows `where` [n x k], written out: autograd's backward through the gathered rows took 36
     of 56 ms a step on the demo catalog, over half of all head training. `dense`: through
