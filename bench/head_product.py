@@ -170,10 +170,12 @@ def fitted_row(name: str, root: Path, train: Path, data: Path, report: Dataset, 
 
 
 def run(name: str, root: Path, max_train: int, data: Path,
-        fit_minutes: float | None = None) -> dict[str, object]:
-    """Every row of one set."""
+        fit_minutes: float | None = None, none_share: float | None = None) -> dict[str, object]:
+    """Every row of one set (`none_share`: the index's self-calibration weighs its
+    out-of-scope pseudo-queries as that share, LABELRANK_SELF_CALIBRATION_NONE_SHARE)."""
     train, valid = prepared(name, root, max_train, data)
-    settings = Settings(_env_file=None, db=root / name / "db")
+    settings = Settings(_env_file=None, db=root / name / "db",
+                        self_calibration_none_share=none_share)
     catalog = load_catalog(data / name / "catalog.jsonl")
     catalog = catalog.with_examples(load_examples(train, catalog, []))
     dev, report = load_dataset(valid, half="a"), load_dataset(valid, half="b")
@@ -214,9 +216,13 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA, help="The shared datasets folder.")
     parser.add_argument("--fit-minutes", type=float, default=None,
                         help="Also run `labelrank fit` within this many minutes (a fit row).")
+    parser.add_argument("--none-share", type=float, default=None, help="The out-of-scope share "
+                        "self-calibration weighs its none pseudo-queries as (shipped and default "
+                        "rows; LABELRANK_SELF_CALIBRATION_NONE_SHARE).")
     args = parser.parse_args()
     for name in args.datasets:
-        rows = run(name, args.root, args.max_train, args.data, args.fit_minutes)
+        rows = run(name, args.root, args.max_train, args.data, args.fit_minutes,
+                   args.none_share)
         line = json.dumps(rows, default=lambda v: round(v, 4) if isinstance(v, float) else v)
         print(line, flush=True)
         if args.out:

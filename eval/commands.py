@@ -79,6 +79,11 @@ def calibrate(
         "stage (the grid always finishes; the summary names what was left). Default: no limit "
         "(the self-calibration `index` runs is bounded by LABELRANK_SELF_CALIBRATION_SECONDS).")
     ] = None,
+    none_share: Annotated[float | None, typer.Option(
+        "--none-share", min=0, max=0.95, help="With --self: the share of texts in your "
+        "traffic that have no label; the out-of-scope pseudo-queries are weighed as that share "
+        "(default: LABELRANK_SELF_CALIBRATION_NONE_SHARE, else as many as they are).")
+    ] = None,
 ) -> None:
     """Search every retrieval lever and the threshold on a dev set (labeled, or made from the
     catalog with --self); print each setting's score and texts/s; save the best with the index."""
@@ -92,12 +97,15 @@ def calibrate(
         raise typer.BadParameter("give a labeled DATASET or --self, not both")
     if seconds is not None and not self_:
         raise typer.BadParameter("--seconds bounds --self only")
+    if none_share is not None and not self_:
+        raise typer.BadParameter("--none-share weighs --self's pseudo-queries only (a labeled "
+                                 "dev set weighs its own out-of-scope texts as they are)")
     engine = open_engine(settings_from(db))
     floor = (engine.settings.calibration_min_texts_per_s if min_texts_per_s is None
              else min_texts_per_s)
     if dataset is None:
         found = self_calibrate(engine.settings, engine.index, min_texts_per_s=floor,
-                               budget_s=seconds, progress=True)
+                               budget_s=seconds, progress=True, none_share=none_share)
         best, results, record = found.best, found.results, found.record
         typer.echo(summary(found), err=True)
     else:

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     # `labelrank index` stops self-calibration trying settings after this many seconds, or
     # after as long as the index took to embed when that was longer (what was left is named).
     self_calibration_seconds: float = Field(30.0, gt=0)
+    # The out-of-scope share expected in traffic: self-calibration weighs its "none"
+    # pseudo-queries as that share of all (unset: as many as the pseudo set holds, 1-15%).
+    self_calibration_none_share: float | None = Field(None, ge=0, le=0.95)
     calibration_min_texts_per_s: float = Field(0.0, ge=0)
     # Learned head (retrieval/head.py): the weight of its probability in a candidate's score
     # (1: order by the head alone; 0: off); used only when the index holds a trained head.

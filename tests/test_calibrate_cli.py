@@ -71,6 +71,30 @@ def test_index_self_calibrates_then_labeled_data_overrides(tmp_path: Path) -> No
     assert "budget of 0 s spent, not tried: " in bounded.stderr
 
 
+def test_a_stated_none_share_is_weighed_saved_and_recalibrates_an_unchanged_catalog(
+        tmp_path: Path) -> None:
+    db = str(tmp_path / "db")
+    assert run("index", str(SKILLS), "--db", db,
+               LABELRANK_SELF_CALIBRATION_TEXTS="60").exit_code == 0
+    first = info(tmp_path / "db")["calibration"]
+    assert "none_share" not in first["dev_set"]
+    again = run("index", str(SKILLS), "--db", db, LABELRANK_SELF_CALIBRATION_TEXTS="60")
+    assert "self calibration up to date" in again.stderr
+    stated = run("index", str(SKILLS), "--db", db, LABELRANK_SELF_CALIBRATION_TEXTS="60",
+                 LABELRANK_SELF_CALIBRATION_NONE_SHARE="0.9")
+    assert "self-calibrated in" in stated.stderr, stated.stderr  # not "up to date"
+    weighed = info(tmp_path / "db")["calibration"]
+    assert weighed["dev_set"]["none_share"] == 0.9
+    # Nine tenths of the metric on the 3 texts of no label (the threshold already rejects them).
+    assert weighed["dev_set"]["composition"]["none"] > 0 and weighed["value"] > first["value"]
+    by_hand = run("calibrate", "--self", "--db", db, "--none-share", "0.3",
+                  LABELRANK_SELF_CALIBRATION_TEXTS="60")
+    assert by_hand.exit_code == 0, by_hand.stderr
+    assert info(tmp_path / "db")["calibration"]["dev_set"]["none_share"] == 0.3
+    labeled = run("calibrate", str(tmp_path / "gold.jsonl"), "--db", db, "--none-share", "0.3")
+    assert labeled.exit_code == 2 and "--none-share weighs --self" in labeled.output
+
+
 def test_calibrate_needs_a_dataset_or_self(tmp_path: Path) -> None:
     done = run("calibrate", "--db", str(tmp_path / "db"))
     assert done.exit_code == 2 and "give a labeled DATASET or --self" in done.output

@@ -55,11 +55,14 @@ class SelfCalibration:
 
 def self_calibrate(settings: Settings, index: LabelIndex, space: SearchSpace | None = None,
                    min_texts_per_s: float | None = None, budget_s: float | None = None,
-                   progress: bool = False, texts: int | None = None) -> SelfCalibration:
+                   progress: bool = False, texts: int | None = None,
+                   none_share: float | None = None) -> SelfCalibration:
     """Calibrate on a pseudo dev set from the catalog (each query's own texts held out of the
     index; `texts` of them, by default as many as `pseudo_texts` gives the catalog); a
     catalog too small for that gets the shape default. After `budget_s` seconds no further
-    setting is tried (the record names what was left). Nothing is saved here."""
+    setting is tried (the record names what was left). `none_share` (default: the settings'
+    `self_calibration_none_share`) weighs the out-of-scope pseudo-queries as that share of
+    all. Nothing is saved here."""
     started = time.perf_counter()
     catalog = {"catalog_hash": index.fingerprint()["catalog_hash"]}
     size = texts or pseudo_texts(settings.self_calibration_texts, index.vector_count())
@@ -77,15 +80,17 @@ def self_calibrate(settings: Settings, index: LabelIndex, space: SearchSpace | N
     user_like = [i for i, kind in enumerate(pseudo.kinds) if kind in ("example", "composed")]
     log = SearchLog()
     deadline = None if budget_s is None else started + budget_s
+    share = settings.self_calibration_none_share if none_share is None else none_share
     with _progress_bar(progress, log):
         best, results = search_settings(
             view, pseudo.texts, pseudo.gold, settings.top_k, metric,
             space or search_space(settings, screen=SCREEN, grid_keep=GRID_KEEP), floor,
-            user_like if len(user_like) >= MIN_PSEUDO_TEXTS else None, deadline=deadline,
-            log=log)
+            user_like if len(user_like) >= MIN_PSEUDO_TEXTS else None, none_share=share,
+            deadline=deadline, log=log)
     seconds = time.perf_counter() - started
     work = {**log.describe(), **({"budget_s": round(budget_s, 1)} if budget_s is not None else {})}
-    record = calibration_record(best, "self", {**pseudo.describe(), **catalog,
+    weighed = {} if share is None else {"none_share": share}
+    record = calibration_record(best, "self", {**pseudo.describe(), **catalog, **weighed,
                                                "seconds": round(seconds, 1), "work": work})
     return SelfCalibration(record, best, results, pseudo, seconds)
 
@@ -141,15 +146,17 @@ def shape_record(index: LabelIndex) -> dict:
 def calibrate_after_index(settings: Settings, index: LabelIndex,
                           embed_seconds: float = 0.0) -> tuple[str, dict | None]:
     """At the end of `labelrank index`: keep a calibration from labeled data, skip an unchanged
-    catalog, else self-calibrate within LABELRANK_SELF_CALIBRATION_SECONDS or the index's
-    `embed_seconds`, whichever is longer (or, switched off, save the shape default). Returns
-    what happened in a line, and the record saved (None when nothing was)."""
+    catalog (and none share), else self-calibrate within LABELRANK_SELF_CALIBRATION_SECONDS or
+    the index's `embed_seconds`, whichever is longer (or, switched off, save the shape
+    default). Returns what happened in a line, and the record saved (None when nothing was)."""
     saved = index.calibration()
     current = index.fingerprint()["catalog_hash"]
     if saved and saved.get("source", "labeled") == "labeled":
         return ("calibration from labeled data kept (`labelrank calibrate --self` replaces "
                 "it)", None)
-    if saved and saved.get("dev_set", {}).get("catalog_hash") == current:
+    dev_set = (saved or {}).get("dev_set", {})
+    if (saved and dev_set.get("catalog_hash") == current
+            and dev_set.get("none_share") == settings.self_calibration_none_share):
         return f"{saved['source']} calibration up to date", None
     if not settings.self_calibration_texts:
         record = shape_record(index)
