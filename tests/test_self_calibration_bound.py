@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from retrieval.calibration.scoring import Calibration
 from retrieval.calibration.search import SearchLog, SearchSpace, _Runner, search_settings
 from retrieval.catalog import load_catalog
 from retrieval.fusion import Aggregation
@@ -44,17 +45,21 @@ def search(index: LabelIndex, **fields: object) -> tuple[object, list, SearchLog
     return best, results, log
 
 
+def subqueries_alone(results: list[Calibration]) -> list[Calibration]:
+    """The settings ranked with sub-queries as their one stage."""
+    return [r for r in results if r.stage(SubqueryStage) and len(r.stages) == 1]
+
+
 def test_screening_ranks_only_a_sampled_kinds_best_variant_on_the_whole_sample(
         readonly_index: LabelIndex) -> None:
     only = {"branches": (), "token_match_weight": ()}  # sub-queries: the one sampled kind
     _, everything, _ = search(readonly_index, levers=only)
     _, results, log = search(readonly_index, screen=1, levers=only)
     variants = 4 + 2 + 1  # neighbours x n-grams, then the weight, then the words per part
-    alone = [r for r in everything if r.stage(SubqueryStage) and len(r.stages) == 1]
+    alone = subqueries_alone(everything)
     assert len(alone) == variants and all(r.n == len(TEXTS) for r in alone)
     screened = [r for r in results if r.stage(SubqueryStage) and r.n == 1]
-    on_all = [r for r in results if r.stage(SubqueryStage) and len(r.stages) == 1
-              and r.n == len(TEXTS)]
+    on_all = [r for r in subqueries_alone(results) if r.n == len(TEXTS)]
     # every variant of every round on the screening text; at most the best of them on all six
     out = "subqueries" in log.screened_out
     assert len(screened) == variants and len(on_all) == (0 if out else 1)
@@ -80,11 +85,10 @@ def test_under_a_budget_a_small_sample_is_screened_only_when_the_whole_would_not
         log = SearchLog()
         _, results = search_settings(readonly_index, TEXTS, GOLD, 5, "f1_samples", space,
                                      deadline=time.perf_counter() + far, log=log)
-        return [r for r in results if r.stage(SubqueryStage) and len(r.stages) == 1], log
+        return subqueries_alone(results), log
 
     _, everything, _ = search(readonly_index, levers=only)
-    unscreened = [r.describe() for r in everything
-                  if r.stage(SubqueryStage) and len(r.stages) == 1]
+    unscreened = [r.describe() for r in subqueries_alone(everything)]
     ample, _ = judged(3600.0)  # screened, then every variant on the whole sample as well
     assert [r.describe() for r in ample if r.n == len(TEXTS)] == unscreened
     assert any(r.n == 2 for r in ample)
