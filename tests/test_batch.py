@@ -35,6 +35,9 @@ TOPICS = ["my cat scratches the sofa", "when is my tax return due", "my sourdoug
           "espresso tastes sour", "how do I walk a puppy on a leash", "tracking grocery spending"]
 LLM = BatchOptions(mode="llm")
 RETRIEVAL = BatchOptions(mode="retrieval")
+# A 429 or 500 must answer well inside the timeout on a loaded CI machine (at 0.25 s one did
+# not), and a hung reply must outlast it by far.
+TIMEOUT_S, HANG_S = 1.0, 5.0
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +78,7 @@ def test_faulty_llm_every_id_once_in_order(tmp_path: Path, db: Path, index: Labe
     def chaos(request: dict) -> Reply:
         n = item_number(request)
         seen[n] += 1
-        return {0: Reply.error(429), 1: Reply.error(500), 2: Reply.hang(1.0),
+        return {0: Reply.error(429), 1: Reply.error(500), 2: Reply.hang(HANG_S),
                 3: Reply.garbage(), 4: Reply.error(429) if seen[n] == 1 else Reply.labels("C01"),
                 5: Reply(content="I would say it is about animals.")}.get(n % 10,
                                                                           Reply.labels("C01"))
@@ -84,7 +87,7 @@ def test_faulty_llm_every_id_once_in_order(tmp_path: Path, db: Path, index: Labe
     rows = [{"id": f"r{i}", "text": "" if i % 50 == 49 else f"item {i}: {TOPICS[i % 6]}"}
             for i in range(300)]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
-    settings = llm_settings(tmp_path, db, fake_llm, llm_timeout_s=0.25, llm_concurrency=8,
+    settings = llm_settings(tmp_path, db, fake_llm, llm_timeout_s=TIMEOUT_S, llm_concurrency=8,
                             llm_breaker_failures=0)  # per-item fault reasons, no breaker
     stats = run_batch(open_engine(settings, index=index), str(source),
                       tmp_path / "out.jsonl", LLM, tty=False)
