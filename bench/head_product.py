@@ -41,6 +41,7 @@ from sklearn.preprocessing import MultiLabelBinarizer
 from eval.calibrate import calibrate
 from eval.datasets import Dataset, load_dataset
 from eval.metrics import evaluate
+from retrieval.calibration.pseudo_queries import COMPOSED_SHARE
 from retrieval.calibration.scoring import Calibration
 from retrieval.catalog import load_catalog, load_examples
 from service.factory import build_index, build_pipeline, search_space
@@ -170,12 +171,16 @@ def fitted_row(name: str, root: Path, train: Path, data: Path, report: Dataset, 
 
 
 def run(name: str, root: Path, max_train: int, data: Path,
-        fit_minutes: float | None = None, none_share: float | None = None) -> dict[str, object]:
+        fit_minutes: float | None = None, none_share: float | None = None,
+        multi_share: float | None = None) -> dict[str, object]:
     """Every row of one set (`none_share`: the index's self-calibration weighs its
-    out-of-scope pseudo-queries as that share, LABELRANK_SELF_CALIBRATION_NONE_SHARE)."""
+    out-of-scope pseudo-queries as that share, LABELRANK_SELF_CALIBRATION_NONE_SHARE;
+    `multi_share`: that share of them joins several labels, and a "default_builtin_multi" row
+    self-calibrates with the built-in share in the same run)."""
     train, valid = prepared(name, root, max_train, data)
+    stated = {} if multi_share is None else {"self_calibration_multi_share": multi_share}
     settings = Settings(_env_file=None, db=root / name / "db",
-                        self_calibration_none_share=none_share)
+                        self_calibration_none_share=none_share, **stated)
     catalog = load_catalog(data / name / "catalog.jsonl")
     catalog = catalog.with_examples(load_examples(train, catalog, []))
     dev, report = load_dataset(valid, half="a"), load_dataset(valid, half="b")
@@ -193,6 +198,11 @@ def run(name: str, root: Path, max_train: int, data: Path,
     without = self_calibrate(settings, index, search_space(settings, levers={"head_weight": ()}))
     rows["shipped"] = product_eval(_applied(settings, without.best), report, single)
     rows["default"] = product_eval(settings, report, single)
+    if multi_share is not None:
+        builtin = self_calibrate(settings, index, budget_s=settings.self_calibration_seconds,
+                                 multi_share=COMPOSED_SHARE)
+        rows["default_builtin_multi"] = product_eval(_applied(settings, builtin.best), report,
+                                                     single)
     best, _ = calibrate(build_pipeline(settings), dev, settings=settings)
     rows["labeled"] = product_eval(_applied(settings, best), report, single)
     rows["LR"] = reference(train, catalog, settings, dev, report, single)
@@ -219,10 +229,14 @@ def main() -> None:
     parser.add_argument("--none-share", type=float, default=None, help="The out-of-scope share "
                         "self-calibration weighs its none pseudo-queries as (shipped and default "
                         "rows; LABELRANK_SELF_CALIBRATION_NONE_SHARE).")
+    parser.add_argument("--multi-share", type=float, default=None, help="The share of texts "
+                        "with several labels self-calibration composes (default row; "
+                        "LABELRANK_SELF_CALIBRATION_MULTI_SHARE), beside a default row with the "
+                        "built-in share.")
     args = parser.parse_args()
     for name in args.datasets:
         rows = run(name, args.root, args.max_train, args.data, args.fit_minutes,
-                   args.none_share)
+                   args.none_share, args.multi_share)
         line = json.dumps(rows, default=lambda v: round(v, 4) if isinstance(v, float) else v)
         print(line, flush=True)
         if args.out:

@@ -84,6 +84,12 @@ def calibrate(
         "traffic that have no label; the out-of-scope pseudo-queries are weighed as that share "
         "(default: LABELRANK_SELF_CALIBRATION_NONE_SHARE, else as many as they are).")
     ] = None,
+    multi_share: Annotated[float | None, typer.Option(
+        "--multi-share", min=0, max=0.9, help="With --self: the share of texts in your traffic "
+        "that have several labels; that share of the pseudo-queries joins two or three labels' "
+        "texts (0 for single-label traffic; default: LABELRANK_SELF_CALIBRATION_MULTI_SHARE, "
+        "0.4).")
+    ] = None,
 ) -> None:
     """Search every retrieval lever and the threshold on a dev set (labeled, or made from the
     catalog with --self); print each setting's score and texts/s; save the best with the index."""
@@ -100,12 +106,16 @@ def calibrate(
     if none_share is not None and not self_:
         raise typer.BadParameter("--none-share weighs --self's pseudo-queries only (a labeled "
                                  "dev set weighs its own out-of-scope texts as they are)")
+    if multi_share is not None and not self_:
+        raise typer.BadParameter("--multi-share shapes --self's pseudo-queries only (a labeled "
+                                 "dev set has the label counts it has)")
     engine = open_engine(settings_from(db))
     floor = (engine.settings.calibration_min_texts_per_s if min_texts_per_s is None
              else min_texts_per_s)
     if dataset is None:
         found = self_calibrate(engine.settings, engine.index, min_texts_per_s=floor,
-                               budget_s=seconds, progress=True, none_share=none_share)
+                               budget_s=seconds, progress=True, none_share=none_share,
+                               multi_share=multi_share)
         best, results, record = found.best, found.results, found.record
         typer.echo(summary(found), err=True)
     else:

@@ -65,6 +65,10 @@ class Settings(BaseSettings):
     # The out-of-scope share expected in traffic: self-calibration weighs its "none"
     # pseudo-queries as that share of all (unset: as many as the pseudo set holds, 1-15%).
     self_calibration_none_share: float | None = Field(None, ge=0, le=0.95)
+    # The share of texts with several labels expected in traffic: that share of the
+    # pseudo-queries is composed of two or three labels' texts (0 for single-label traffic).
+    # (The default is retrieval.calibration.pseudo_queries.COMPOSED_SHARE, kept light here.)
+    self_calibration_multi_share: float = Field(0.4, ge=0, le=0.9)
     calibration_min_texts_per_s: float = Field(0.0, ge=0)
     # Learned head (retrieval/head.py): the weight of its probability in a candidate's score
     # (1: order by the head alone; 0: off); used only when the index holds a trained head.

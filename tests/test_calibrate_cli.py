@@ -87,12 +87,40 @@ def test_a_stated_none_share_is_weighed_saved_and_recalibrates_an_unchanged_cata
     assert weighed["dev_set"]["none_share"] == 0.9
     # Nine tenths of the metric on the 3 texts of no label (the threshold already rejects them).
     assert weighed["dev_set"]["composition"]["none"] > 0 and weighed["value"] > first["value"]
-    by_hand = run("calibrate", "--self", "--db", db, "--none-share", "0.3",
+    stated_by_hand(tmp_path / "db", "--none-share", "0.3", "none_share",
+                   "--none-share weighs --self")
+
+
+def stated_by_hand(db: Path, option: str, value: str, key: str, refusal: str) -> None:
+    """`calibrate --self OPTION VALUE` saves the share in the record; with a labeled dataset
+    the option is refused with `refusal`."""
+    by_hand = run("calibrate", "--self", "--db", str(db), option, value,
                   LABELRANK_SELF_CALIBRATION_TEXTS="60")
     assert by_hand.exit_code == 0, by_hand.stderr
-    assert info(tmp_path / "db")["calibration"]["dev_set"]["none_share"] == 0.3
-    labeled = run("calibrate", str(tmp_path / "gold.jsonl"), "--db", db, "--none-share", "0.3")
-    assert labeled.exit_code == 2 and "--none-share weighs --self" in labeled.output
+    assert info(db)["calibration"]["dev_set"][key] == float(value)
+    labeled = run("calibrate", str(db.parent / "gold.jsonl"), "--db", str(db), option, value)
+    assert labeled.exit_code == 2 and refusal in labeled.output
+
+
+def test_a_stated_multi_share_shapes_the_pseudo_queries_saved_and_recalibrates(
+        tmp_path: Path) -> None:
+    db = str(tmp_path / "db")
+    assert run("index", str(SKILLS), "--db", db,
+               LABELRANK_SELF_CALIBRATION_TEXTS="60").exit_code == 0
+    first = info(tmp_path / "db")["calibration"]["dev_set"]
+    assert first["multi_share"] == 0.4 and first["composition"]["composed"] > 0
+    single = run("index", str(SKILLS), "--db", db, LABELRANK_SELF_CALIBRATION_TEXTS="60",
+                 LABELRANK_SELF_CALIBRATION_MULTI_SHARE="0")
+    assert "self-calibrated in" in single.stderr, single.stderr  # not "up to date"
+    stated = info(tmp_path / "db")["calibration"]
+    assert stated["dev_set"]["multi_share"] == 0.0
+    assert "composed" not in stated["dev_set"]["composition"]
+    assert stated["metric"] == "accuracy"  # no pseudo-query has two labels
+    again = run("index", str(SKILLS), "--db", db, LABELRANK_SELF_CALIBRATION_TEXTS="60",
+                LABELRANK_SELF_CALIBRATION_MULTI_SHARE="0")
+    assert "self calibration up to date" in again.stderr
+    stated_by_hand(tmp_path / "db", "--multi-share", "0.2", "multi_share",
+                   "--multi-share shapes --self")
 
 
 def test_calibrate_needs_a_dataset_or_self(tmp_path: Path) -> None:

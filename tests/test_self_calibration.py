@@ -10,7 +10,12 @@ import pytest
 
 from retrieval.calibration.held_out import HeldOutIndex
 from retrieval.calibration.memo_index import MemoIndex
-from retrieval.calibration.pseudo_queries import PseudoSet, add_copies, build_pseudo_set
+from retrieval.calibration.pseudo_queries import (
+    COMPOSED_SHARE,
+    PseudoSet,
+    add_copies,
+    build_pseudo_set,
+)
 from retrieval.calibration.search import search_settings
 from retrieval.calibration.shape import shape_default
 from retrieval.catalog import Catalog, Label, load_catalog
@@ -114,6 +119,15 @@ def test_pseudo_set_is_bounded_and_every_label_keeps_a_text() -> None:
         pseudo.held_out, pseudo.kinds, strict=True) if kind != "none" for text in text}
     again = build_pseudo_set(catalog.labels, lambda label_id: [], 25)
     assert again.texts == pseudo.texts  # seeded: the same catalog gives the same dev set
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25])  # (30 labels run out of texts past it)
+def test_the_composed_share_is_the_one_asked_for(share: float) -> None:
+    catalog = load_catalog(SKILLS)
+    pseudo = build_pseudo_set(catalog.labels, lambda label_id: [], 40, composed_share=share)
+    composed = pseudo.composition.get("composed", 0)
+    assert len(pseudo.texts) == 40 and abs(composed - share * 40) <= 1, pseudo.composition
+    assert Settings(_env_file=None).self_calibration_multi_share == COMPOSED_SHARE
 
 
 def test_a_text_stored_under_two_labels_is_gold_for_both(tmp_path: Path, embedder) -> None:

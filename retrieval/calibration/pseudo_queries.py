@@ -103,12 +103,13 @@ def _preferred(left: list[tuple[str, str]]) -> list[tuple[str, str]]:
 
 
 def build_pseudo_set(labels: Mapping[str, Label], examples_of: Callable[[str], Sequence[str]],
-                     size: int, seed: int = 0) -> PseudoSet:
+                     size: int, seed: int = 0,
+                     composed_share: float = COMPOSED_SHARE) -> PseudoSet:
     """Up to `size` pseudo-queries from a random sample of assignable labels: held-out examples,
     aliases, names and descriptions as queries for their label, pieces of two or three labels
-    joined into one text with all of them as gold, and texts of labels taken out whole, with
-    no gold. `examples_of` is read per sampled label only, so a 30,000-label catalog costs a
-    few hundred reads."""
+    joined into one text with all of them as gold (`composed_share` of all), and texts of
+    labels taken out whole, with no gold. `examples_of` is read per sampled label only, so a
+    30,000-label catalog costs a few hundred reads."""
     rng = random.Random(seed)
     order = sorted(lid for lid, label in labels.items() if label.assignable)
     rng.shuffle(order)
@@ -116,7 +117,7 @@ def build_pseudo_set(labels: Mapping[str, Label], examples_of: Callable[[str], S
     pseudo = PseudoSet()
     if not order:
         return pseudo
-    share = COMPOSED_SHARE if len(order) > 1 else 0.0
+    share = composed_share if len(order) > 1 else 0.0
     none_share = NONE_SHARE if len(order) > 1 else 0.0
     cursor, composed, none = _Cursor(order), 0, 0
     while len(pseudo.texts) < size and cursor.going():

@@ -13,7 +13,12 @@ from functools import partial
 from tqdm import tqdm
 
 from retrieval.calibration.held_out import HeldOutIndex
-from retrieval.calibration.pseudo_queries import PseudoSet, add_copies, build_pseudo_set
+from retrieval.calibration.pseudo_queries import (
+    COMPOSED_SHARE,
+    PseudoSet,
+    add_copies,
+    build_pseudo_set,
+)
 from retrieval.calibration.scoring import Calibration, calibration_record
 from retrieval.calibration.search import SearchLog, SearchSpace, search_settings
 from retrieval.calibration.shape import shape_default
@@ -56,17 +61,20 @@ class SelfCalibration:
 def self_calibrate(settings: Settings, index: LabelIndex, space: SearchSpace | None = None,
                    min_texts_per_s: float | None = None, budget_s: float | None = None,
                    progress: bool = False, texts: int | None = None,
-                   none_share: float | None = None) -> SelfCalibration:
+                   none_share: float | None = None,
+                   multi_share: float | None = None) -> SelfCalibration:
     """Calibrate on a pseudo dev set from the catalog (each query's own texts held out of the
     index; `texts` of them, by default as many as `pseudo_texts` gives the catalog); a
     catalog too small for that gets the shape default. After `budget_s` seconds no further
     setting is tried (the record names what was left). `none_share` (default: the settings'
     `self_calibration_none_share`) weighs the out-of-scope pseudo-queries as that share of
-    all. Nothing is saved here."""
+    all; `multi_share` (default: `self_calibration_multi_share`) of them are composed of
+    several labels. Nothing is saved here."""
     started = time.perf_counter()
     catalog = {"catalog_hash": index.fingerprint()["catalog_hash"]}
     size = texts or pseudo_texts(settings.self_calibration_texts, index.vector_count())
-    pseudo = _pseudo_set(index, size)
+    multi = settings.self_calibration_multi_share if multi_share is None else multi_share
+    pseudo = _pseudo_set(index, size, multi)
     if len(pseudo.texts) < MIN_PSEUDO_TEXTS:
         return SelfCalibration(shape_record(index), pseudo=pseudo,
                                seconds=time.perf_counter() - started)
@@ -89,7 +97,7 @@ def self_calibrate(settings: Settings, index: LabelIndex, space: SearchSpace | N
             deadline=deadline, log=log)
     seconds = time.perf_counter() - started
     work = {**log.describe(), **({"budget_s": round(budget_s, 1)} if budget_s is not None else {})}
-    weighed = {} if share is None else {"none_share": share}
+    weighed = {"multi_share": multi, **({} if share is None else {"none_share": share})}
     record = calibration_record(best, "self", {**pseudo.describe(), **catalog, **weighed,
                                                "seconds": round(seconds, 1), "work": work})
     return SelfCalibration(record, best, results, pseudo, seconds)
@@ -124,9 +132,9 @@ def head_without(settings: Settings, index: LabelIndex,
     return LabelHead.detached(*fitted) if fitted else None
 
 
-def _pseudo_set(index: LabelIndex, size: int) -> PseudoSet:
+def _pseudo_set(index: LabelIndex, size: int, multi_share: float) -> PseudoSet:
     """Pseudo-queries, with their copies under other labels as gold too."""
-    pseudo = build_pseudo_set(index.labels, index.examples, size)
+    pseudo = build_pseudo_set(index.labels, index.examples, size, composed_share=multi_share)
     add_copies(pseudo, index)
     return pseudo
 
@@ -146,7 +154,7 @@ def shape_record(index: LabelIndex) -> dict:
 def calibrate_after_index(settings: Settings, index: LabelIndex,
                           embed_seconds: float = 0.0) -> tuple[str, dict | None]:
     """At the end of `labelrank index`: keep a calibration from labeled data, skip an unchanged
-    catalog (and none share), else self-calibrate within LABELRANK_SELF_CALIBRATION_SECONDS or
+    catalog (and stated shares), else self-calibrate within LABELRANK_SELF_CALIBRATION_SECONDS or
     the index's `embed_seconds`, whichever is longer (or, switched off, save the shape
     default). Returns what happened in a line, and the record saved (None when nothing was)."""
     saved = index.calibration()
@@ -156,7 +164,9 @@ def calibrate_after_index(settings: Settings, index: LabelIndex,
                 "it)", None)
     dev_set = (saved or {}).get("dev_set", {})
     if (saved and dev_set.get("catalog_hash") == current
-            and dev_set.get("none_share") == settings.self_calibration_none_share):
+            and dev_set.get("none_share") == settings.self_calibration_none_share
+            and dev_set.get("multi_share", COMPOSED_SHARE)
+            == settings.self_calibration_multi_share):
         return f"{saved['source']} calibration up to date", None
     if not settings.self_calibration_texts:
         record = shape_record(index)
