@@ -19,7 +19,7 @@ from retrieval.tune.train import TuneConfig, training_rows
 from service.engine import open_engine
 from service.factory import build_index
 from service.jobs.fit import WORK_DIR, FitConfig, FitReport, fit
-from service.jobs.fit_dev import LabeledDev
+from service.jobs.fit_dev import LabeledDev, PseudoDev
 from service.jobs.indexing import index_catalog
 from service.pipeline import ClassifyOptions
 from tests.conftest import make_settings
@@ -144,6 +144,13 @@ def test_a_dev_set_without_out_of_scope_texts_gets_its_own() -> None:
     assert dev.describe()["labels_taken_out_of_scope"] == len(gone)
     with_own = [*rows, ("off topic", ())]
     assert LabeledDev.of(with_own, 0.3, "dev").out_of_scope == ()  # real ones: kept as they are
+
+
+def test_fit_pseudo_queries_compose_the_stated_multi_label_share(catalog: Path) -> None:
+    loaded = load_catalog(catalog)
+    built_in = PseudoDev.of(loaded, 0.2, 40, None).pseudo.composition
+    single = PseudoDev.of(loaded, 0.2, 40, None, multi_share=0.0).pseudo.composition
+    assert built_in.get("composed", 0) >= 10 and "composed" not in single, (built_in, single)
 
 
 def test_its_own_out_of_scope_texts_keep_the_none_threshold(won: tuple[Path, FitReport]

@@ -96,7 +96,8 @@ def fit(settings: Settings, catalog_path: Path, example_paths: Sequence[Path],
     state = _State(work / "state.json")
     with _stage(report, "split", progress):
         catalog, train, dev = _inputs(catalog_path, example_paths, dev_path, config, report,
-                                      settings.self_calibration_texts)
+                                      settings.self_calibration_texts,
+                                      settings.self_calibration_multi_share)
     run_key = _digest({"catalog": catalog.fingerprint(), "train": train, "dev": dev.rows,
                        "config": asdict(config), "embedder": settings.embedder,
                        "none_share": report.none_share})
@@ -180,7 +181,7 @@ def _tuning_time(report: FitReport, config: FitConfig, spent: float, base: Label
 
 
 def _inputs(catalog_path: Path, example_paths: Sequence[Path], dev_path: Path | None,
-            config: FitConfig, report: FitReport, pseudo_size: int
+            config: FitConfig, report: FitReport, pseudo_size: int, multi_share: float
             ) -> tuple[Catalog, Rows, Dev]:
     """The catalog without its examples, the example rows to train on and the dev set; the
     report gets the counts, the skipped rows and the out-of-scope share to calibrate for."""
@@ -201,7 +202,7 @@ def _inputs(catalog_path: Path, example_paths: Sequence[Path], dev_path: Path | 
         if dev is None:
             train = [r for r in rows if r[1]]
             dev = PseudoDev.of(_with_examples(catalog, train), config.dev_share, pseudo_size,
-                               config.none_share)
+                               config.none_share, multi_share=multi_share)
     report.skipped_rows = [str(s) for s in skipped]
     report.train_texts, report.dev_texts = len(train), len(dev.rows)
     report.dev = dev.describe()

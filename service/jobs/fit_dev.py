@@ -11,6 +11,7 @@ from functools import partial
 
 from retrieval.calibration.held_out import HeldOutIndex
 from retrieval.calibration.pseudo_queries import (
+    COMPOSED_SHARE,
     NONE_SHARE,
     PseudoSet,
     add_copies,
@@ -115,15 +116,16 @@ class PseudoDev:
 
     @classmethod
     def of(cls, catalog: Catalog, share: float, size: int, none_share: float | None,
-           seed: int = 0) -> PseudoDev:
-        """Hold out a share of the labels (enough for `size` queries) and make their queries;
-        refused when the catalog is too small for that."""
+           seed: int = 0, multi_share: float = COMPOSED_SHARE) -> PseudoDev:
+        """Hold out a share of the labels (enough for `size` queries) and make their queries
+        (`multi_share` of them of several labels); refused when the catalog is too small."""
         usable = sorted(lid for lid, label in catalog.labels.items()
                         if label.assignable and len(label_texts(label)) > 1)
         wanted = min(math.ceil(size / 2), max(2, int(share * len(usable))))
         held = frozenset(random.Random(seed).sample(usable, min(wanted, len(usable))))
         labels = {lid: catalog.labels[lid] for lid in held}
-        pseudo = build_pseudo_set(labels, lambda lid: catalog.labels[lid].examples, size, seed)
+        pseudo = build_pseudo_set(labels, lambda lid: catalog.labels[lid].examples, size, seed,
+                                  composed_share=multi_share)
         if len(pseudo.texts) < MIN_PSEUDO_TEXTS:
             raise FitError(f"the catalog makes only {len(pseudo.texts)} pseudo-queries from the "
                            f"labels it can hold out of tuning (at least {MIN_PSEUDO_TEXTS} "
