@@ -73,8 +73,8 @@ def self_calibrate(settings: Settings, index: LabelIndex, space: SearchSpace | N
     started = time.perf_counter()
     catalog = {"catalog_hash": index.fingerprint()["catalog_hash"]}
     size = texts or pseudo_texts(settings.self_calibration_texts, index.vector_count())
-    multi = settings.self_calibration_multi_share if multi_share is None else multi_share
-    pseudo = _pseudo_set(index, size, multi)
+    shares = stated_shares(settings, none_share, multi_share)
+    pseudo = _pseudo_set(index, size, shares["multi_share"])
     if len(pseudo.texts) < MIN_PSEUDO_TEXTS:
         return SelfCalibration(shape_record(index), pseudo=pseudo,
                                seconds=time.perf_counter() - started)
@@ -88,19 +88,27 @@ def self_calibrate(settings: Settings, index: LabelIndex, space: SearchSpace | N
     user_like = [i for i, kind in enumerate(pseudo.kinds) if kind in ("example", "composed")]
     log = SearchLog()
     deadline = None if budget_s is None else started + budget_s
-    share = settings.self_calibration_none_share if none_share is None else none_share
     with _progress_bar(progress, log):
         best, results = search_settings(
             view, pseudo.texts, pseudo.gold, settings.top_k, metric,
             space or search_space(settings, screen=SCREEN, grid_keep=GRID_KEEP), floor,
-            user_like if len(user_like) >= MIN_PSEUDO_TEXTS else None, none_share=share,
+            user_like if len(user_like) >= MIN_PSEUDO_TEXTS else None,
+            none_share=shares.get("none_share"),
             deadline=deadline, log=log)
     seconds = time.perf_counter() - started
     work = {**log.describe(), **({"budget_s": round(budget_s, 1)} if budget_s is not None else {})}
-    weighed = {"multi_share": multi, **({} if share is None else {"none_share": share})}
-    record = calibration_record(best, "self", {**pseudo.describe(), **catalog, **weighed,
+    record = calibration_record(best, "self", {**pseudo.describe(), **catalog, **shares,
                                                "seconds": round(seconds, 1), "work": work})
     return SelfCalibration(record, best, results, pseudo, seconds)
+
+
+def stated_shares(settings: Settings, none_share: float | None = None,
+                  multi_share: float | None = None) -> dict[str, float]:
+    """The traffic shares the pseudo-queries are made and weighed for (the arguments, else the
+    settings'), as the record's dev set saves them: no `none_share` when none is stated."""
+    none = settings.self_calibration_none_share if none_share is None else none_share
+    multi = settings.self_calibration_multi_share if multi_share is None else multi_share
+    return {"multi_share": multi, **({} if none is None else {"none_share": none})}
 
 
 def pseudo_texts(most: int, vectors: int) -> int:
@@ -163,10 +171,11 @@ def calibrate_after_index(settings: Settings, index: LabelIndex,
         return ("calibration from labeled data kept (`labelrank calibrate --self` replaces "
                 "it)", None)
     dev_set = (saved or {}).get("dev_set", {})
+    # A record from before the multi-label share was a setting was made with the built-in one.
+    saved_shares = {"multi_share": COMPOSED_SHARE,
+                    **{k: dev_set[k] for k in ("multi_share", "none_share") if k in dev_set}}
     if (saved and dev_set.get("catalog_hash") == current
-            and dev_set.get("none_share") == settings.self_calibration_none_share
-            and dev_set.get("multi_share", COMPOSED_SHARE)
-            == settings.self_calibration_multi_share):
+            and saved_shares == stated_shares(settings)):
         return f"{saved['source']} calibration up to date", None
     if not settings.self_calibration_texts:
         record = shape_record(index)
