@@ -43,6 +43,7 @@ from eval.datasets import Dataset, load_dataset
 from eval.metrics import evaluate
 from retrieval.calibration.pseudo_queries import COMPOSED_SHARE
 from retrieval.calibration.scoring import Calibration
+from retrieval.calibration.work import embedding_cost
 from retrieval.catalog import load_catalog, load_examples
 from service.factory import build_index, build_pipeline, search_space
 from service.jobs.fit import FitConfig, fit
@@ -186,11 +187,13 @@ def run(name: str, root: Path, max_train: int, data: Path,
     dev, report = load_dataset(valid, half="a"), load_dataset(valid, half="b")
     single = all(len(ex.labels) <= 1 for ex in dev.examples + report.examples)
     started = time.perf_counter()
-    index_catalog(settings, catalog)
+    embedded, embed_s = index_catalog(settings, catalog)
     index = build_index(settings)
     head_line = train_head(settings, index)
     head_s = time.perf_counter() - started
-    calibrate_after_index(settings, index)
+    # As `labelrank index` does: a budget of the embedding's work when that is over 30 s.
+    calibrate_after_index(settings, index, embed_s,
+                          embedding_cost(embedded.vectors_added, embedded.chars_added))
     index_s = time.perf_counter() - started
     rows: dict[str, object] = {"set": name, "train": len(train.read_text().splitlines()),
                                "report_n": len(report.examples), "index_s": round(index_s, 1),

@@ -21,6 +21,12 @@ seconds, its ratio to the index's embedding time, its work (settings ranked, tex
 texts encoded) and the chosen settings' metrics on the report half b (the demo: its gold set):
 
     python -m bench.self_calibration bound --datasets demo hwu64 clinc150 --root /tmp/lr-bound
+
+`work` runs one unbounded self-calibration per catalog and prints the work it counted of each
+kind (reference seconds, `retrieval/calibration/work.py`) beside the wall time each took here:
+on the reference machine (2 cores, idle) the two should agree, and `COSTS` is fitted to them:
+
+    python -m bench.self_calibration work --datasets demo clinc150 nlupp --root /tmp/lr-bound
 """
 
 from __future__ import annotations
@@ -39,7 +45,9 @@ from bench.accuracy import DATA, SPECS, _text_half, dataset_catalog
 from eval.calibrate import calibrate
 from eval.datasets import Dataset, load_dataset
 from eval.run import EvalConfig, run_eval
+from retrieval.calibration.work import WorkMeter
 from retrieval.catalog import load_catalog
+from retrieval.index import LabelIndex
 from service.engine import open_engine
 from service.factory import build_index, build_pipeline, calibrated_fields, search_space
 from service.jobs.indexing import train_head
@@ -132,7 +140,9 @@ SPEED = """
 import json, sys, time
 from eval.datasets import load_dataset
 from eval.run import EvalConfig, run_eval
+from retrieval.calibration.work import WorkMeter
 from retrieval.catalog import load_catalog
+from retrieval.index import LabelIndex
 from service.engine import open_engine
 from service.settings import Settings
 args = json.loads(sys.argv[1])
@@ -166,13 +176,14 @@ def speed(root: Path, trees: dict[str, Path], limit: int | None, repeat: int) ->
                       f"[{result['retrieval']}]", flush=True)
 
 
-def bound(name: str, root: Path, rounds: int) -> list[dict]:
-    """Old plan against the bounded plan on one catalog, `rounds` times interleaved."""
+def built(name: str, root: Path) -> tuple[Settings, LabelIndex, dict]:
+    """The catalog's index under `root` (built once, the demo every time), its settings and
+    what its build measured (embedding seconds, vectors)."""
     db = root / name
     settings = Settings(_env_file=None, db=db, llm_base_url=None, llm_api_key=None,
                         top_k=30 if name == "demo" else SPECS[name].top_k)
-    built = db / "bench-build.json"  # the embedding time, measured when the index was built
-    if name == "demo" or not built.exists():
+    measured = db / "bench-build.json"  # the embedding time, measured when the index was built
+    if name == "demo" or not measured.exists():
         catalog = (load_catalog(DEMO / "catalog.jsonl") if name == "demo"
                    else dataset_catalog(SPECS[name]))
         shutil.rmtree(db, ignore_errors=True)
@@ -181,9 +192,13 @@ def bound(name: str, root: Path, rounds: int) -> list[dict]:
         seconds = time.perf_counter() - started
         print(f"  {name} index: +{sync.vectors_added} vectors in {seconds:.1f} s; "
               f"{train_head(settings, build_index(settings))}", flush=True)
-        built.write_text(json.dumps({"embed_seconds": seconds, "vectors": sync.vectors_added}))
-    embed = json.loads(built.read_text())
-    index = build_index(settings)
+        measured.write_text(json.dumps({"embed_seconds": seconds, "vectors": sync.vectors_added}))
+    return settings, build_index(settings), json.loads(measured.read_text())
+
+
+def bound(name: str, root: Path, rounds: int) -> list[dict]:
+    """Old plan against the bounded plan on one catalog, `rounds` times interleaved."""
+    settings, index, embed = built(name, root)
     report = (load_dataset(DEMO / "gold.jsonl") if name == "demo" else halves(name)[1])
     plans = {"before": (search_space(settings, reuse=False), settings.self_calibration_texts),
              "bounded": (None, None)}
@@ -209,12 +224,29 @@ def bound(name: str, root: Path, rounds: int) -> list[dict]:
     return rows
 
 
+def work(name: str, root: Path) -> dict:
+    """One unbounded self-calibration: the work counted of each kind (reference seconds,
+    `retrieval/calibration/work.py`) beside the wall time it took here."""
+    settings, index, _ = built(name, root)
+    meter = WorkMeter()
+    found = self_calibrate(settings, index, meter=meter)
+    print(f"{name}: {found.seconds:.1f} s wall in all, {meter.wall_total:.1f} s of it counted "
+          f"as {meter.spent:.1f} s of work ({meter.spent / meter.wall_total:.2f}x)", flush=True)
+    for kind in sorted(meter.by_kind, key=meter.by_kind.get, reverse=True):
+        wall = meter.wall.get(kind, 0.0)
+        ratio = f"{meter.by_kind[kind] / wall:.2f}x" if wall > 0.05 else "-"
+        print(f"  {kind:<16} work {meter.by_kind[kind]:6.2f} s  wall {wall:6.2f} s  {ratio}")
+    return {"catalog": name, "seconds": round(found.seconds, 1),
+            "wall_counted": round(meter.wall_total, 1), "work": meter.describe(),
+            "wall": {k: round(v, 2) for k, v in meter.wall.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", nargs="?", choices=("accuracy", "speed", "bound"),
+    parser.add_argument("what", nargs="?", choices=("accuracy", "speed", "bound", "work"),
                         default="accuracy")
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS),
-                        choices=(*DATASETS, "demo"), help="demo: bound only.")
+                        choices=(*DATASETS, "demo"), help="demo: bound and work only.")
     parser.add_argument("--rounds", type=int, default=1, help="bound: rounds, interleaved.")
     parser.add_argument("--root", type=Path, default=Path("/tmp/lr-selfcal"))
     parser.add_argument("--texts", type=int, default=DEFAULTS.self_calibration_texts,
@@ -230,6 +262,11 @@ def main() -> None:
         if args.before_tree:
             trees = {"before": args.before_tree.resolve(), **trees}
         speed(args.root, trees, args.limit, args.repeat)
+        return
+    if args.what == "work":
+        rows = [work(name, args.root) for name in args.datasets]
+        if args.out:
+            args.out.write_text(json.dumps(rows, indent=1))
         return
     if args.what == "bound":
         rows = [row for name in args.datasets for row in bound(name, args.root, args.rounds)]

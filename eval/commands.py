@@ -75,7 +75,8 @@ def calibrate(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show, do not save.")] = False,
     half: HalfOpt = None,
     seconds: Annotated[float | None, typer.Option(
-        "--seconds", min=0, help="With --self: after this many seconds, try no further costly "
+        "--seconds", min=0, help="With --self: after this many seconds of work (counted as a "
+        "2-core reference machine does it: the same stop on any machine), try no further costly "
         "stage (the grid always finishes; the summary names what was left). Default: no limit "
         "(the self-calibration `index` runs is bounded by LABELRANK_SELF_CALIBRATION_SECONDS).")
     ] = None,

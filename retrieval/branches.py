@@ -61,6 +61,7 @@ class BranchStage:
     config: BranchConfig
     needs_vectors: bool = False
     rescores: bool = False
+    work_per_text: ClassVar[float] = 0.05e-3
     fields: ClassVar[tuple[str, ...]] = ("retrieval_mode", "branch_depth", "branches")
     off: ClassVar[dict[str, object]] = {"retrieval_mode": "flat"}
     rounds: ClassVar[tuple[tuple[str, ...], ...]] = (fields,)

@@ -227,6 +227,7 @@ class HeadStage:
     widen: int = 1
     needs_vectors: bool = False  # the texts' own vectors are in every Search
     rescores: bool = False
+    work_per_text: ClassVar[float] = 0.2e-3
     # Its knobs, as retrieval.stages.StageKind describes them (for registry and calibration).
     fields: ClassVar[tuple[str, ...]] = ("head_weight",)
     off: ClassVar[dict[str, object]] = {"head_weight": 0.0}

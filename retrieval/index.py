@@ -88,6 +88,7 @@ class SyncReport:
     labels_removed: int = 0
     labels_unchanged: int = 0
     vectors_added: int = 0
+    chars_added: int = 0  # of the texts embedded (what their encoding cost)
     vectors_removed: int = 0
     vectors_total: int = 0
     changed_ids: list[str] = field(default_factory=list)
@@ -538,6 +539,7 @@ class LabelIndex(Compaction):
         if plan.stale:
             self._vectors.delete(ids=plan.stale)
         report.vectors_added += len(plan.new_ids)
+        report.chars_added += sum(len(plan.wanted[vid][2]) for vid in plan.new_ids)
         report.vectors_removed += len(plan.stale)
         self._records.upsert(
             ids=[lab.id for lab in plan.labels], embeddings=names,

@@ -130,6 +130,7 @@ class TokenMatchStage:
 
     needs_vectors = False
     rescores = False
+    work_per_text: ClassVar[float] = 1e-3
     fields: ClassVar[tuple[str, ...]] = ("token_match_weight",)
     off: ClassVar[dict[str, object]] = {"token_match_weight": 0.0}
     rounds: ClassVar[tuple[tuple[str, ...], ...]] = (("token_match_weight",),)

@@ -70,6 +70,7 @@ class LexicalStage:
     widen = 1
     needs_vectors = False
     rescores = False
+    work_per_text: ClassVar[float] = 0.05e-3
     fields: ClassVar[tuple[str, ...]] = ("lexical_weight",)
     off: ClassVar[dict[str, object]] = {"lexical_weight": 0.0}
     rounds: ClassVar[tuple[tuple[str, ...], ...]] = (("lexical_weight",),)

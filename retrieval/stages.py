@@ -66,6 +66,9 @@ class CandidateStage(Protocol):
     widen: int  # the pool it works on is `widen` times deeper than the shortlist
     needs_vectors: bool  # the search must return the hits' embeddings
     rescores: bool  # scores the raw hits itself, so aggregation is skipped
+    # Reference seconds of its own work per text (not the encoding and searches it asks the
+    # index for): what a calibration budget counts (`retrieval/calibration/work.py`).
+    work_per_text: float
 
     def describe(self, method: str) -> str:
         """The retrieval method's name once this stage is added to `method`."""

@@ -130,6 +130,7 @@ class SubqueryStage:
     # The vectors are read once per batch by id (LabelIndex.embeddings), not with every hit.
     needs_vectors: bool = False
     rescores: bool = True
+    work_per_text: ClassVar[float] = 2e-3
     fields: ClassVar[tuple[str, ...]] = ("subqueries", "subquery_max_words", "subquery_weight",
                                          "subquery_neighbours")
     off: ClassVar[dict[str, object]] = {"subqueries": 0}

@@ -59,8 +59,9 @@ class Settings(BaseSettings):
     branch_depth: int = Field(0, ge=0, le=32)
     branches: int = Field(3, ge=1, le=100)
     self_calibration_texts: int = Field(400, ge=0)
-    # `labelrank index` stops self-calibration trying settings after this many seconds, or
-    # after as long as the index took to embed when that was longer (what was left is named).
+    # `labelrank index` stops self-calibration trying settings after this many seconds of work
+    # (counted as the reference machine takes it: the same stop on any machine), or after the
+    # index's embedding work when that was more (what was left is named).
     self_calibration_seconds: float = Field(30.0, gt=0)
     # The out-of-scope share expected in traffic: self-calibration weighs its "none"
     # pseudo-queries as that share of all (unset: as many as the pseudo set holds, 1-15%).

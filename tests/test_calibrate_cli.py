@@ -68,7 +68,7 @@ def test_index_self_calibrates_then_labeled_data_overrides(tmp_path: Path) -> No
     bounded = run("calibrate", "--self", "--db", db, "--seconds", "0", "--dry-run",
                   LABELRANK_SELF_CALIBRATION_TEXTS="60")
     assert bounded.exit_code == 0, bounded.stderr
-    assert "budget of 0 s spent, not tried: " in bounded.stderr
+    assert "budget of 0 s of work spent, not tried: " in bounded.stderr
 
 
 def test_a_stated_none_share_is_weighed_saved_and_recalibrates_an_unchanged_catalog(

@@ -1,21 +1,25 @@
 """Self-calibration in proportion to the index (real Chroma, real embedder): the plan that
 bounds its work (screening, a shorter grid, fewer pseudo-queries on a small catalog, stage
-outputs reused), the time budget, its progress, and the same answer every run."""
+outputs reused), the budget of work (the same stop on a slower machine), its progress, and the
+same answer every run."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from retrieval.calibration.scoring import Calibration
 from retrieval.calibration.search import SearchLog, SearchSpace, _Runner, search_settings
+from retrieval.calibration.work import WorkMeter
 from retrieval.catalog import load_catalog
 from retrieval.fusion import Aggregation
 from retrieval.index import LabelIndex, chroma_client
 from retrieval.subqueries import SubqueryStage
 from service.factory import search_space
+from service.jobs import self_calibration
 from service.jobs.self_calibration import pseudo_texts, self_calibrate, summary
 from service.settings import Settings
 from tests.conftest import make_settings
@@ -84,7 +88,7 @@ def test_under_a_budget_a_small_sample_is_screened_only_when_the_whole_would_not
     def judged(far: float) -> tuple[list, SearchLog]:
         log = SearchLog()
         _, results = search_settings(readonly_index, TEXTS, GOLD, 5, "f1_samples", space,
-                                     deadline=time.perf_counter() + far, log=log)
+                                     budget_s=far, log=log)
         return subqueries_alone(results), log
 
     _, everything, _ = search(readonly_index, levers=only)
@@ -92,18 +96,20 @@ def test_under_a_budget_a_small_sample_is_screened_only_when_the_whole_would_not
     ample, _ = judged(3600.0)  # screened, then every variant on the whole sample as well
     assert [r.describe() for r in ample if r.n == len(TEXTS)] == unscreened
     assert any(r.n == 2 for r in ample)
-    monkeypatch.setattr(_Runner, "affords", lambda self, seconds: False)
+    monkeypatch.setattr(_Runner, "affords", lambda self, work_s: False)
     short, log = judged(3600.0)  # the screen decides: at most its pick on the whole sample
     assert len([r for r in short if r.n == len(TEXTS)]) == (
         0 if "subqueries" in log.screened_out else 1)
 
 
-def test_work_is_afforded_when_as_long_again_remains_after_it() -> None:
+def test_work_is_afforded_when_as_much_again_remains_after_it() -> None:
     runner = _Runner.__new__(_Runner)
-    runner.deadline = None
+    runner.memo = SimpleNamespace(meter=WorkMeter())
+    runner.budget_s = None
     assert runner.affords(1e9)
-    runner.deadline = time.perf_counter() + 100.0
-    assert runner.affords(40.0) and not runner.affords(60.0)
+    runner.budget_s = 110.0
+    runner.memo.meter.charge("encode", 10.0, 0.0)
+    assert runner.affords(50.0) and not runner.affords(51.0)
 
 
 def test_a_shorter_grid_ranks_every_aggregation_once_and_the_best_at_every_depth(
@@ -132,7 +138,48 @@ def test_a_spent_budget_keeps_the_grid_and_names_what_it_left(tmp_path: Path,
     assert found.best is not None and not found.best.stages  # whole-text settings only
     assert all(not r.stages for r in found.results)
     assert work["budget_s"] == 0.0 and "subqueries" in work["budget_skipped"]
-    assert "budget of 0 s spent, not tried: subqueries" in summary(found)
+    assert "budget of 0 s of work spent, not tried: subqueries" in summary(found)
+
+
+def comparable(record: dict) -> dict:
+    """A calibration record without what the clock measured."""
+    record = {k: v for k, v in record.items() if k not in ("created", "texts_per_s")}
+    record["dev_set"] = {k: v for k, v in record["dev_set"].items() if k != "seconds"}
+    return record
+
+
+def test_a_slower_machine_stops_at_the_same_setting(tmp_path: Path, skills: LabelIndex,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = make_settings(tmp_path, top_k=5, self_calibration_texts=60)
+    whole = self_calibrate(settings, skills).record["dev_set"]["work"]["work_s"]
+    budget = whole * 0.75  # the grid is not budgeted: it stops among the stage kinds
+    here = self_calibrate(settings, skills, budget_s=budget)
+    # cut part way: a budgeted kind was ranked, and another left
+    assert here.record["dev_set"]["work"]["budget_skipped"]
+    assert any(r.stages for r in here.results)
+    encode = skills.embedder.embed
+
+    def slow(texts: list[str]) -> object:
+        time.sleep(0.01 + 0.002 * len(texts))  # an encoder much slower than this one
+        return encode(texts)
+
+    monkeypatch.setattr(skills.embedder, "embed", slow)
+    monkeypatch.setattr(self_calibration, "WALL_FACTOR", 1e6)
+    slower = self_calibrate(settings, skills, budget_s=budget)
+    assert slower.seconds > here.seconds
+    assert comparable(slower.record) == comparable(here.record)
+    assert [(r.describe(), r.value, r.n) for r in slower.results] == [
+        (r.describe(), r.value, r.n) for r in here.results]
+
+
+def test_on_a_far_slower_machine_the_wall_clock_stops_it_and_says_so(
+        tmp_path: Path, skills: LabelIndex, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(self_calibration, "WALL_FACTOR", 0.0)
+    found = self_calibrate(make_settings(tmp_path, top_k=5, self_calibration_texts=60),
+                           skills, budget_s=1e6)
+    work = found.record["dev_set"]["work"]
+    assert work["wall_clock_cut"] and "subqueries" in work["budget_skipped"]
+    assert "wall-clock limit spent, not tried: subqueries" in summary(found)
 
 
 def test_bounded_self_calibration_gives_the_same_answer_every_run(

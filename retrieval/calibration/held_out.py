@@ -24,6 +24,8 @@ class HeldOutIndex:
     embeddings, head).
     """
 
+    trains_head = True  # `head()` is trained here, on first use (calibration counts its work)
+
     def __init__(self, index: LabelIndex, held_out: Iterable[HeldOutText],
                  per_query: int = 3, out_of_scope: Iterable[str] = (),
                  train_head: Callable[[frozenset[str]], LabelHead | None] | None = None

@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from retrieval.calibration.work import COSTS, WorkMeter
+
 
 class MemoIndex:
     """Calibration ranks one set of texts under many settings, and sub-query variants share
@@ -17,13 +19,16 @@ class MemoIndex:
 
     `base` is a LabelIndex (or a view of one); this has what the retriever and stages read
     (labels, embedder, nearest_ids, embeddings, head). Searches that need hit texts go to the base.
+    The work done the first time is counted on `meter`.
     """
 
-    def __init__(self, base: Any) -> None:
+    def __init__(self, base: Any, meter: WorkMeter | None = None) -> None:
         self.base = base
+        self.meter = meter if meter is not None else WorkMeter()
         self.embedder = _MemoEmbedder(base.embedder, self)
         self.charged = 0.0  # seconds of remembered work handed out again
         self.encoded = 0  # texts the encoder ran on (each once)
+        self._head: tuple[Any] | None = None
         self._rows: dict[bytes, tuple[int, list[str], list[float], float]] = {}
         self._stored: dict[str, tuple[np.ndarray, float]] = {}
 
@@ -33,8 +38,16 @@ class MemoIndex:
         return self.base.labels
 
     def head(self) -> Any:
-        """The base's learned head, if it has one."""
-        return self.base.head()
+        """The base's learned head, if it has one (a view trains its own on first use)."""
+        if self._head is None:
+            started = time.perf_counter()
+            head = self.base.head()
+            trained = head is not None and getattr(self.base, "trains_head", False)
+            work = (head.info.examples * head.info.epochs * COSTS["head_example_epoch"]
+                    if trained else 0.0)
+            self.meter.charge("head", work, time.perf_counter() - started)
+            self._head = (head,)
+        return self._head[0]
 
     def search(self, *args: Any, **kwargs: Any) -> Any:
         """The base's search (with texts or vectors per hit: not remembered)."""
@@ -49,7 +62,9 @@ class MemoIndex:
         if missing:
             started = time.perf_counter()
             ids, distances = self.base.nearest_ids(vectors[missing], n)
-            each = (time.perf_counter() - started) / len(missing)
+            took = time.perf_counter() - started
+            self.meter.queried(len(missing), n, took)
+            each = took / len(missing)
             for i, row_ids, row_distances in zip(missing, ids, distances, strict=True):
                 self._rows[keys[i]] = (n, row_ids, row_distances, each)
         fresh = set(missing)
@@ -68,7 +83,9 @@ class MemoIndex:
         if missing:
             started = time.perf_counter()
             found = self.base.embeddings(missing)
-            each = (time.perf_counter() - started) / len(missing)
+            took = time.perf_counter() - started
+            self.meter.charge("read", len(missing) * COSTS["read_vector"], took)
+            each = took / len(missing)
             self._stored.update((vid, (vector, each)) for vid, vector in found.items())
         fresh = set(missing)
         out = {}
@@ -96,8 +113,10 @@ class _MemoEmbedder:
         if missing:
             started = time.perf_counter()
             vectors = self.base.embed(missing)
+            took = time.perf_counter() - started
             self.owner.encoded += len(missing)
-            each = (time.perf_counter() - started) / len(missing)
+            self.owner.meter.encoded(missing, took)
+            each = took / len(missing)
             self._vectors.update((t, (v, each)) for t, v in zip(missing, vectors, strict=True))
         fresh = set(missing)
         self.owner.charged += sum(self._vectors[t][1] for t in texts if t not in fresh)
@@ -111,8 +130,10 @@ class _MemoEmbedder:
         if missing:
             started = time.perf_counter()
             vectors, tokens = self.base.embed_with_tokens(missing)
+            took = time.perf_counter() - started
             self.owner.encoded += len(missing)
-            each = (time.perf_counter() - started) / len(missing)
+            self.owner.meter.encoded(missing, took)
+            each = took / len(missing)
             for text, vector, own in zip(missing, vectors, tokens, strict=True):
                 self._tokens[text] = (own, each)
                 self._vectors.setdefault(text, (vector, each))

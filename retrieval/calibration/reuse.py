@@ -55,6 +55,7 @@ class _Remembered:
         self.stage, self.key, self.outputs = stage, key, outputs
         self.widen, self.needs_vectors = stage.widen, stage.needs_vectors
         self.rescores, self.describe = stage.rescores, stage.describe
+        self.work_per_text = stage.work_per_text
 
     def apply(self, index: Any, search: Search, pools: Shortlists | None,
               pool_k: int) -> Shortlists:
@@ -62,10 +63,14 @@ class _Remembered:
         found = self.outputs.get(self.key)
         if found is not None:
             return found
-        started = time.perf_counter()
+        meter = self.outputs.memo.meter
+        started, asked = time.perf_counter(), meter.wall_total
         charged = self.outputs.memo.charged
         out = self.stage.apply(index, search, pools, pool_k)
+        took = time.perf_counter() - started
+        # The encoding and searches it asked the memo for are counted there.
+        meter.charge(type(self.stage).__name__, len(search.texts) * self.work_per_text,
+                     took - (meter.wall_total - asked))
         # What the memo handed out again inside the stage is already charged once.
-        self.outputs.put(self.key, out,
-                         time.perf_counter() - started + self.outputs.memo.charged - charged)
+        self.outputs.put(self.key, out, took + self.outputs.memo.charged - charged)
         return out

@@ -6,7 +6,8 @@ aggregation at one depth, then the best few at the others); then each stage kind
 registry in its order, round by round over the values the kind declares, from the best setting
 so far. A kind is kept only when its best setting beats the one without it by the kind's
 margin. A costly (sampled) kind can be screened on a few texts first, so that only its best
-variant is ranked on the whole sample; a time budget stops the budgeted kinds not yet tried.
+variant is ranked on the whole sample; a budget of work stops the budgeted kinds not yet tried
+(counted in reference seconds, `retrieval/calibration/work.py`: the same stop on any machine).
 Stages are handled only through `StageKind`: a registered stage is calibrated without a line
 here."""
 
@@ -31,6 +32,7 @@ from retrieval.calibration.scoring import (
     best_threshold,
     candidate_recall,
 )
+from retrieval.calibration.work import COSTS, WorkMeter
 from retrieval.fusion import Aggregation
 from retrieval.retriever import Retriever
 from retrieval.stages import CandidateStage, Search, StageKind
@@ -48,8 +50,8 @@ StageSettings = Mapping[str, object]
 # whose full search kept them (RP@10 on tech_valid's report half: 70.3 against 84.1).
 SCREEN_TOLERANCE = 0.02
 # A screen decides only where it saves most of a kind's work (on a sample at least this many
-# times its size), or where a time budget cannot afford the whole sample (the screen's time
-# scaled to it, leaving as long again for the kinds after it); else the whole sample decides.
+# times its size), or where a budget cannot afford the whole sample (the screen's work scaled
+# to it, leaving as much again for the kinds after it); else the whole sample decides.
 # On an ESCO sub-catalog (3,165 labels, no examples) 64 of the 160 user-like texts screened
 # sub-queries out (0.393 against 0.426 f1) that all 160 kept; the kept setting scored RP@10
 # 84.1 / 83.6 on tech / house valid's report halves against 73.2 / 78.8. On the demo catalog
@@ -107,7 +109,8 @@ class SearchSpace:
 @dataclass
 class SearchLog:
     """What a search did: settings ranked and on how many texts, texts encoded, stage outputs
-    reused, and the kinds a spent budget left untried (or cut part way)."""
+    reused, and the kinds a spent budget left untried (or cut part way); `wall_cut`: the
+    budget that stopped it was the wall-clock limit, not the work's."""
 
     ranked: int = 0
     texts_ranked: int = 0  # the sum over ranked settings of the dev texts each was ranked on
@@ -116,6 +119,7 @@ class SearchLog:
     planned: int = 0  # settings the search expects to rank (more when a sampled kind wins)
     screened_out: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    wall_cut: bool = False
     # Told (step, settings ranked, planned) after each setting ranked.
     progress: Callable[[str, int, int], None] | None = None
 
@@ -128,11 +132,13 @@ class SearchLog:
             out["screened_out"] = self.screened_out
         if self.skipped:
             out["budget_skipped"] = self.skipped
+        if self.wall_cut:
+            out["wall_clock_cut"] = True
         return out
 
 
 class _OutOfTime(Exception):
-    """The search's time budget is spent."""
+    """The search's budget is spent."""
 
 
 def search_settings(index: Any, texts: Sequence[str], gold: Sequence[Sequence[str]],
@@ -140,30 +146,35 @@ def search_settings(index: Any, texts: Sequence[str], gold: Sequence[Sequence[st
                     min_texts_per_s: float = 0.0,
                     sampled_texts: Sequence[int] | None = None,
                     none_share: float | None = None,
-                    deadline: float | None = None,
+                    budget_s: float | None = None,
                     log: SearchLog | None = None,
+                    meter: WorkMeter | None = None,
+                    wall_deadline: float | None = None,
                     ) -> tuple[Calibration, list[Calibration]]:
     """The best setting in `space` on these texts, and every setting tried. `index` is a
     LabelIndex or a view of one (`HeldOutIndex`). Settings slower than `min_texts_per_s` are
     reported but not chosen (unless every whole-text setting is). Sampled kinds are judged on
     the texts at `sampled_texts` (default: all); when one wins there, the winner is ranked on
     all texts again for its threshold. With `none_share`, the metric weighs the out-of-scope
-    dev texts as that share of all texts (see `text_weights`). Past `deadline` (a
-    `time.perf_counter()` value), the grid is finished and no further setting of a budgeted
-    kind is ranked: the kinds left are named in `log.skipped`."""
+    dev texts as that share of all texts (see `text_weights`). Once `meter` (the work done so
+    far, in reference seconds) passes `budget_s`, the grid is finished and no further setting
+    of a budgeted kind is ranked: the kinds left are named in `log.skipped`. `wall_deadline` (a
+    `time.perf_counter()` value) is a last resort for a much slower machine, and the only stop
+    that depends on the machine: `log.wall_cut` says when it stopped the search."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, not {metric!r}")
     if not texts:
         raise ValueError("calibration needs at least one dev text")
     log = log if log is not None else SearchLog()
-    memo = MemoIndex(index)
+    memo = MemoIndex(index, meter)
     taxonomy = taxonomy_of(index.labels)
     branch_of = ((lambda label_id: taxonomy.branch(label_id, 0))
                  if taxonomy.max_depth() > 0 else None)
     scopes = (False, True) if branch_of and space.per_branch else (False,)
     run = _Runner(memo, top_k, metric, branch_of, scopes, min_texts_per_s, none_share,
                   space.kinds, log, space.reuse)
-    tried = {kind: space.values(kind, index) for kind in space.kinds}
+    run.wall_deadline = wall_deadline
+    tried = {kind: space.values(kind, memo) for kind in space.kinds}  # a head trains here
     tried = {kind: values for kind, values in tried.items() if any(values.values())}
     widen = math.prod(kind.max_widen for kind in tried)
 
@@ -173,7 +184,7 @@ def search_settings(index: Any, texts: Sequence[str], gold: Sequence[Sequence[st
     results = _grid(run, whole, depths, space)
     best, source = run.pick(results, floor=True), whole
     for kind, values in tried.items():
-        run.deadline = deadline if kind.budgeted else None
+        run.budget_s = budget_s if kind.budgeted else None
         if run.out_of_time():  # before a sampled kind embeds and searches its sample
             log.skipped.append(_name(kind))
             continue
@@ -239,10 +250,10 @@ def _judge(run: _Runner, kind: type[StageKind], values: Mapping[str, tuple[objec
     screened = False
     large = len(sample) >= SCREEN_SHARE * space.screen
     if kind.sampled and space.screen and len(sample) > space.screen and (
-            large or run.deadline is not None):
-        started = time.perf_counter()
+            large or run.budget_s is not None):
+        started = run.memo.meter.spent
         chosen = _screened(run, kind, values, base, sample, texts, gold, space, widen, results)
-        whole = (time.perf_counter() - started) * len(sample) / space.screen
+        whole = (run.memo.meter.spent - started) * len(sample) / space.screen
         screened = large or not run.affords(whole)
         if screened and chosen is None:
             run.log.screened_out.append(step)
@@ -332,22 +343,28 @@ class _Runner:
         self.retriever = Retriever(memo, Aggregation(), evidence=False)
         self.outputs = StageOutputs(memo, kept=KEPT if reuse else 0)
         self.searches = 0
-        self.deadline: float | None = None
+        self.budget_s: float | None = None  # of work, for the kind being judged
+        self.wall_deadline: float | None = None
 
     def out_of_time(self) -> bool:
-        """The deadline (if any) has passed."""
-        return self.deadline is not None and time.perf_counter() > self.deadline
+        """The budget (if any) is spent, or the wall-clock limit passed."""
+        if self.budget_s is None or self.memo.meter.spent > self.budget_s:
+            return self.budget_s is not None
+        if self.wall_deadline is not None and time.perf_counter() > self.wall_deadline:
+            self.log.wall_cut = True
+            return True
+        return False
 
-    def affords(self, seconds: float) -> bool:
-        """Work of about `seconds` leaves at least as long again for the kinds after it."""
-        return self.deadline is None or 2 * seconds <= self.deadline - time.perf_counter()
+    def affords(self, work_s: float) -> bool:
+        """Work of about `work_s` leaves at least as much again for the kinds after it."""
+        return self.budget_s is None or 2 * work_s <= self.budget_s - self.memo.meter.spent
 
     def search(self, texts: Sequence[str], gold: Sequence[Sequence[str]], depth: int,
                widen: int) -> _Searched:
         """Embed and search the texts once, `depth` neighbours per unit, timed."""
         self.retriever.neighbours = depth
         seconds = self._timed(lambda: self.retriever.search(texts, self.top_k, widen=widen,
-                                                            with_vectors=False))
+                                                            with_vectors=False), "search", 0.0)
         self.searches += 1
         return _Searched(self._last, gold, seconds / len(texts), self.searches)
 
@@ -369,14 +386,18 @@ class _Runner:
         prefix = (searched.key, searched.search.depth_unit, how, widen)
         keys = [(*prefix, *keys[:n + 1]) for n in range(len(keys))]
         served = self.outputs.wrap(stages, keys)
-        seconds = self._timed(lambda: self.retriever.rank(searched.search, how, served))
+        seconds = self._timed(lambda: self.retriever.rank(searched.search, how, served), "rank",
+                              len(searched.gold) * COSTS["rank_text"])
         shortlists, gold = self._last, searched.gold
+        scoring = time.perf_counter()
         widest = max((len(g) for g in gold), default=1)
         grid = sorted({1, 2, 3, 5, min(widest, 10)} if widest > 1 else {1})
         select_by = "f1_samples" if self.metric == "candidate_recall" else self.metric
         matrix = ShortlistMatrix(shortlists, gold, self.branch_of, self.none_share)
         rule, value = best_threshold(matrix, select_by, grid, self.scopes)
         recall = candidate_recall(shortlists, gold)
+        self.memo.meter.charge("score", len(gold) * COSTS["score_text"],
+                               time.perf_counter() - scoring)
         per_text = searched.seconds_per_text + seconds / len(gold)
         self.log.ranked += 1
         self.log.texts_ranked += len(gold)
@@ -398,11 +419,15 @@ class _Runner:
             return max(settings, key=lambda s: s.texts_per_s) if floor else settings[0]
         return max(allowed, key=_key)
 
-    def _timed(self, work: Callable[[], Any]) -> float:
-        # Wall time plus what the memo handed out again: what serving this would have cost.
-        charged, started = self.memo.charged, time.perf_counter()
+    def _timed(self, work: Callable[[], Any], kind: str, reference_s: float) -> float:
+        """Run `work`, counting its own part as `kind` (`reference_s`) on the meter; returns its
+        wall time plus what the memo handed out again: what serving it would have cost."""
+        meter = self.memo.meter
+        charged, asked, started = self.memo.charged, meter.wall_total, time.perf_counter()
         self._last = work()
-        return time.perf_counter() - started + self.memo.charged - charged
+        took = time.perf_counter() - started
+        meter.charge(kind, reference_s, took - (meter.wall_total - asked))
+        return took + self.memo.charged - charged
 
 
 def _key(cal: Calibration) -> tuple[float, float]:

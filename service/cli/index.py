@@ -25,6 +25,7 @@ def index(
     """Build or update the index from a catalog (only what changed is re-embedded), train the
     learned head on the labels' examples (LABELRANK_HEAD_TRAIN=false: off), then let the
     catalog calibrate the retrieval settings (LABELRANK_SELF_CALIBRATION_TEXTS=0: off)."""
+    from retrieval.calibration.work import embedding_cost
     from retrieval.catalog import SkippedRow
     from service.factory import build_index
     from service.jobs.indexing import build_or_update, train_head
@@ -52,7 +53,8 @@ def index(
         index = build_index(settings)
         # Before calibration, so that calibration weighs the head.
         typer.echo(train_head(settings, index), err=True)
-        line, _ = calibrate_after_index(settings, index, seconds)
+        line, _ = calibrate_after_index(
+            settings, index, seconds, embedding_cost(report.vectors_added, report.chars_added))
     typer.echo(line, err=True)
 
 

@@ -22,6 +22,7 @@ from retrieval.calibration.pseudo_queries import (
 from retrieval.calibration.scoring import Calibration, calibration_record
 from retrieval.calibration.search import SearchLog, SearchSpace, search_settings
 from retrieval.calibration.shape import shape_default
+from retrieval.calibration.work import WorkMeter
 from retrieval.head import LabelHead
 from retrieval.head_train import fit_index_head
 from retrieval.index import LabelIndex
@@ -45,6 +46,9 @@ MIN_TEXTS = 200
 VECTORS_PER_TEXT = 10
 # Every aggregation at the middle depth, then the best GRID_KEEP at the other depths.
 GRID_KEEP = 3
+# The budget counts work, not time (the same settings on any machine); on a machine this many
+# times slower than the reference one, the wall clock stops the search instead, and says so.
+WALL_FACTOR = 4.0
 
 
 @dataclass
@@ -62,14 +66,17 @@ def self_calibrate(settings: Settings, index: LabelIndex, space: SearchSpace | N
                    min_texts_per_s: float | None = None, budget_s: float | None = None,
                    progress: bool = False, texts: int | None = None,
                    none_share: float | None = None,
-                   multi_share: float | None = None) -> SelfCalibration:
+                   multi_share: float | None = None,
+                   meter: WorkMeter | None = None) -> SelfCalibration:
     """Calibrate on a pseudo dev set from the catalog (each query's own texts held out of the
     index; `texts` of them, by default as many as `pseudo_texts` gives the catalog); a
-    catalog too small for that gets the shape default. After `budget_s` seconds no further
-    setting is tried (the record names what was left). `none_share` (default: the settings'
+    catalog too small for that gets the shape default. After `budget_s` seconds of work (as
+    the reference machine would take: the same stop on any machine) no further setting is
+    tried (the record names what was left). `none_share` (default: the settings'
     `self_calibration_none_share`) weighs the out-of-scope pseudo-queries as that share of
     all; `multi_share` (default: `self_calibration_multi_share`) of them are composed of
-    several labels. Nothing is saved here."""
+    several labels. The work is counted on `meter` (default: a new one). Nothing is saved
+    here."""
     started = time.perf_counter()
     catalog = {"catalog_hash": index.fingerprint()["catalog_hash"]}
     size = texts or pseudo_texts(settings.self_calibration_texts, index.vector_count())
@@ -86,17 +93,17 @@ def self_calibrate(settings: Settings, index: LabelIndex, space: SearchSpace | N
     # Sub-queries split a text into the parts that may name labels: judge them on texts like
     # users' (held-out examples, several labels joined), not on a label's own name or alias.
     user_like = [i for i, kind in enumerate(pseudo.kinds) if kind in ("example", "composed")]
-    log = SearchLog()
-    deadline = None if budget_s is None else started + budget_s
+    log, meter = SearchLog(), meter if meter is not None else WorkMeter()
     with _progress_bar(progress, log):
         best, results = search_settings(
             view, pseudo.texts, pseudo.gold, settings.top_k, metric,
             space or search_space(settings, screen=SCREEN, grid_keep=GRID_KEEP), floor,
             user_like if len(user_like) >= MIN_PSEUDO_TEXTS else None,
-            none_share=shares.get("none_share"),
-            deadline=deadline, log=log)
+            none_share=shares.get("none_share"), budget_s=budget_s, log=log, meter=meter,
+            wall_deadline=None if budget_s is None else started + WALL_FACTOR * budget_s)
     seconds = time.perf_counter() - started
-    work = {**log.describe(), **({"budget_s": round(budget_s, 1)} if budget_s is not None else {})}
+    work = {**log.describe(), **meter.describe(),
+            **({"budget_s": round(budget_s, 1)} if budget_s is not None else {})}
     record = calibration_record(best, "self", {**pseudo.describe(), **catalog, **shares,
                                                "seconds": round(seconds, 1), "work": work})
     return SelfCalibration(record, best, results, pseudo, seconds)
@@ -159,12 +166,14 @@ def shape_record(index: LabelIndex) -> dict:
                         "catalog_hash": index.fingerprint()["catalog_hash"]}}
 
 
-def calibrate_after_index(settings: Settings, index: LabelIndex,
-                          embed_seconds: float = 0.0) -> tuple[str, dict | None]:
+def calibrate_after_index(settings: Settings, index: LabelIndex, embed_seconds: float = 0.0,
+                          embed_work_s: float = 0.0) -> tuple[str, dict | None]:
     """At the end of `labelrank index`: keep a calibration from labeled data, skip an unchanged
     catalog (and stated shares), else self-calibrate within LABELRANK_SELF_CALIBRATION_SECONDS or
-    the index's `embed_seconds`, whichever is longer (or, switched off, save the shape
-    default). Returns what happened in a line, and the record saved (None when nothing was)."""
+    the index's embedding (`embed_work_s`, in reference seconds: `work.embedding_cost`),
+    whichever is longer, of work (or, switched off, save the shape default). `embed_seconds`,
+    its wall time, is for the summary. Returns what happened in a line, and the record saved
+    (None when nothing was)."""
     saved = index.calibration()
     current = index.fingerprint()["catalog_hash"]
     if saved and saved.get("source", "labeled") == "labeled":
@@ -181,7 +190,7 @@ def calibrate_after_index(settings: Settings, index: LabelIndex,
         record = shape_record(index)
         index.save_calibration(record)
         return f"shape default saved: {record['settings']}", record
-    budget = max(settings.self_calibration_seconds, embed_seconds)
+    budget = max(settings.self_calibration_seconds, embed_work_s)
     found = self_calibrate(settings, index, budget_s=budget, progress=True)
     index.save_calibration(found.record)
     return summary(found, embed_seconds), found.record
@@ -199,9 +208,13 @@ def summary(found: SelfCalibration, embed_seconds: float = 0.0) -> str:
         "composition"].items())
     work = found.record["dev_set"].get("work", {})
     ratio = f", {found.seconds / embed_seconds:.1f}x the embedding" if embed_seconds else ""
-    cut = (f"; budget of {work['budget_s']:g} s spent, not tried: "
-           f"{', '.join(work['budget_skipped'])}" if work.get("budget_skipped") else "")
-    return (f"self-calibrated in {found.seconds:.0f} s{ratio} on "
+    counted = f" ({work['work_s']:g} s of work)" if "work_s" in work else ""
+    cut = ""
+    if work.get("budget_skipped"):
+        spent = ("wall-clock limit" if work.get("wall_clock_cut")
+                 else f"budget of {work['budget_s']:g} s of work")
+        cut = f"; {spent} spent, not tried: {', '.join(work['budget_skipped'])}"
+    return (f"self-calibrated in {found.seconds:.0f} s{counted}{ratio} on "
             f"{found.record['dev_set']['n']} pseudo-queries ({composition}; "
             f"{work.get('settings_ranked', len(found.results))} settings ranked): "
             f"{best.describe()}, {best.metric} {best.value:.3f}, {best.texts_per_s:.0f} "
