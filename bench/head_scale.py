@@ -62,6 +62,7 @@ def measure(labels: int, examples: int, config: TrainConfig) -> dict[str, float]
     logits = vectors[checked * examples] @ fitted.weights.T + fitted.biases
     right = float(np.mean(np.argmax(logits, axis=1) == checked))
     return {"labels": labels, "examples": len(vectors), "seconds": round(seconds, 1),
+            "work_s": round(fitted.work_s, 1),  # counted against --max-seconds
             "epochs": fitted.epochs, "peak_mb": round(peak), "data_mb": round(data_peak),
             "training_peak_mb": round(peak - data_peak), "train_top1": round(right, 4)}
 
@@ -76,7 +77,8 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=20, help="per label")
     defaults = head_config(Settings(_env_file=None))
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--max-seconds", type=float, default=defaults.max_seconds)
+    parser.add_argument("--max-seconds", type=float, default=defaults.max_seconds,
+                        help="Training's budget, in seconds of work (retrieval/head_train.py).")
     parser.add_argument("--mode", choices=["ovr", "softmax"], default=defaults.mode)
     args = parser.parse_args()
     config = replace(defaults, epochs=args.epochs, max_seconds=args.max_seconds,

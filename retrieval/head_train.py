@@ -19,6 +19,18 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 _CHUNK = 1024  # rows per similarity block: 1,024 x 30,000 floats is 123 MB
+# `max_seconds` counts work, not wall time, so that the same examples give the same head on any
+# machine and under any load (a wall-clock cap ends a 30,000-label head wherever the clock
+# stops it: another head each run). Each part at what it took on the reference machine (2
+# cores, one torch thread; 384 dims, 21 candidates an example; docs/performance.md, "The
+# head's budget"): a step 6 ms, plus 10 us a row it touches, plus 0.7 us a label of the
+# catalog (1,000 labels 17.6 ms, 3,000 29.6-31.9, 30,000 64-74); the label neighbours 11 ns a
+# pair of prototypes (30,000 labels 9.7 s); the prototypes, hard negatives and bias 17 us an
+# example (600,000: 10 s). A machine over WALL_FACTOR times slower is stopped by the clock
+# instead, at WALL_FACTOR x max_seconds (the only stop that depends on the machine).
+STEP_S, TOUCHED_ROW_S, LABEL_S = 6e-3, 10e-6, 0.7e-6
+PROTOTYPE_PAIR_S, EXAMPLE_S = 11e-9, 17e-6
+WALL_FACTOR = 4.0
 _SCALE_SAMPLE = 2000  # examples whose candidates fit the untrained labels' map
 _SCALE_SEGMENT = 50  # of a label's examples, the ones its leave-one-out similarity looks at
 
@@ -26,7 +38,8 @@ _SCALE_SEGMENT = 50  # of a label's examples, the ones its leave-one-out similar
 @dataclass(frozen=True)
 class TrainConfig:
     """What training may spend and how it samples; the same config and data give the same head
-    when `epochs`, not `max_seconds`, ends it."""
+    on any machine (`max_seconds` is counted work, see STEP_S), unless the wall clock stops a
+    machine over WALL_FACTOR times slower than the reference one."""
 
     # Settings' "Learned head" fields hold these defaults (service.jobs.indexing.head_config).
     mode: Mode
@@ -57,6 +70,7 @@ class Fitted:
     scale: tuple[float, float]
     epochs: int
     seconds: float
+    work_s: float = 0.0  # reference seconds counted against `max_seconds` (training ends there)
 
 
 def fit_head(vectors: np.ndarray, label_sets: Sequence[Sequence[int]], n_labels: int,
@@ -79,12 +93,14 @@ def fit_head(vectors: np.ndarray, label_sets: Sequence[Sequence[int]], n_labels:
     # 2-core machine it cost 3x (1,000 labels, one epoch: 17 s on 1 thread, 48 s on 2).
     torch.set_num_threads(1)
     try:
-        epochs = _epochs(params, x, positives, hard, n_labels, rng, config, started)
+        before = n_labels ** 2 * PROTOTYPE_PAIR_S + len(x) * EXAMPLE_S
+        epochs, work = _epochs(params, x, positives, hard, n_labels, rng, config, started,
+                               before)
     finally:
         torch.set_num_threads(threads)
     weights, biases = params.weights.numpy(), params.biases.numpy()
     scale = _similarity_map(x, positives, hard, weights, biases, rng)
-    return Fitted(weights, biases, scale, epochs, time.perf_counter() - started)
+    return Fitted(weights, biases, scale, epochs, time.perf_counter() - started, work)
 
 
 class _LazyAdam:
@@ -125,9 +141,10 @@ class _LazyAdam:
 
 def _epochs(params: _LazyAdam, x: np.ndarray, positives: np.ndarray, hard: np.ndarray,
             n_labels: int, rng: np.random.Generator, config: TrainConfig,
-            started: float) -> int:
+            started: float, work: float) -> tuple[int, float]:
     """Train for `config.epochs` passes, more when they make fewer than `config.min_steps`
-    steps, until `config.max_seconds`; returns the passes begun."""
+    steps, until `work` (counted from the work done before) reaches `config.max_seconds`;
+    returns the passes begun and the work."""
     import torch
 
     randoms = min(config.random_negatives, max(0, n_labels - 1))
@@ -135,7 +152,7 @@ def _epochs(params: _LazyAdam, x: np.ndarray, positives: np.ndarray, hard: np.nd
     batches = max(1, len(x) // config.batch_size)
     passes = max(config.epochs, -(-config.min_steps // batches))
     epochs = 0
-    while epochs < passes and time.perf_counter() - started < config.max_seconds:
+    while epochs < passes and not _spent(work, started, config):
         for batch in np.array_split(rng.permutation(len(x)), batches):
             rows = torch.from_numpy(batch)
             random = torch.from_numpy(rng.integers(0, n_labels, (len(batch), randoms)))
@@ -149,10 +166,17 @@ def _epochs(params: _LazyAdam, x: np.ndarray, positives: np.ndarray, hard: np.nd
                                              params.biases[touched], where, target, valid,
                                              config)
             params.step(touched, grad_w, grad_b)
-            if time.perf_counter() - started > config.max_seconds:
+            work += STEP_S + len(touched) * TOUCHED_ROW_S + n_labels * LABEL_S
+            if _spent(work, started, config):
                 break
         epochs += 1
-    return epochs
+    return epochs, work
+
+
+def _spent(work: float, started: float, config: TrainConfig) -> bool:
+    """The budget of work is spent (or, on a far slower machine, the wall clock's)."""
+    return (work >= config.max_seconds
+            or time.perf_counter() - started > WALL_FACTOR * config.max_seconds)
 
 
 def batch_gradients(x: Tensor, w: Tensor, b: Tensor, where: Tensor, target: Tensor,

@@ -82,7 +82,8 @@ class Settings(BaseSettings):
     head_mode: Literal["ovr", "softmax"] = "ovr"  # a sigmoid per label, or a shortlist softmax
     head_epochs: int = Field(10, ge=1)
     head_min_steps: int = Field(300, ge=0)  # a small catalog trains for more passes, to this
-    head_max_seconds: float = Field(120.0, gt=0)  # bounds training whatever the catalog's size
+    # Bounds training whatever the catalog's size, in seconds of work (the same head anywhere).
+    head_max_seconds: float = Field(120.0, gt=0)
     head_hard_negatives: int = Field(15, ge=0)  # labels near an example's own, per example
     head_random_negatives: int = Field(5, ge=0)
 

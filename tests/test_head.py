@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from eval.cli import app
+from retrieval import head_train
 from retrieval.calibration.held_out import HeldOutIndex
 from retrieval.catalog import Catalog, Label, load_catalog
 from retrieval.embedder import Embedder
@@ -267,6 +269,37 @@ def test_a_small_catalog_trains_for_more_passes_until_it_has_made_min_steps() ->
                          random_negatives=1, min_steps=9, batch_size=256)
     assert fit_head(x, label_sets, 5, config).epochs == 5  # 2 batches a pass: 5 passes
     assert fit_head(x, label_sets, 5, replace(config, min_steps=0)).epochs == 2
+
+
+def test_the_budget_counts_work_so_a_slower_machine_trains_the_same_head(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(2_560, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    label_sets = [[n % 50] for n in range(2_560)]
+    step = head_train.STEP_S + 50 * (head_train.TOUCHED_ROW_S + head_train.LABEL_S)
+    before = 50 ** 2 * head_train.PROTOTYPE_PAIR_S + len(x) * head_train.EXAMPLE_S
+    # 10 steps a pass: the budget ends the first pass after its 4th step
+    config = TrainConfig("ovr", epochs=3, max_seconds=before + 3.5 * step, hard_negatives=2,
+                         random_negatives=1)
+    here = fit_head(x, label_sets, 50, config)
+    assert here.epochs == 1
+    assert before + 4 * (step - 50 * head_train.TOUCHED_ROW_S) < here.work_s <= (
+        before + 4 * step + 1e-9)
+    gradients = head_train.batch_gradients
+
+    def slow(*args: object, **kwargs: object) -> object:
+        time.sleep(0.05)  # a machine far slower than the budget's reference one
+        return gradients(*args, **kwargs)
+
+    monkeypatch.setattr(head_train, "batch_gradients", slow)
+    slower = fit_head(x, label_sets, 50, config)
+    assert slower.seconds > here.seconds + 0.15
+    np.testing.assert_array_equal(slower.weights, here.weights)
+    np.testing.assert_array_equal(slower.biases, here.biases)
+    monkeypatch.setattr(head_train, "WALL_FACTOR", 0.0)  # past it, the clock stops training
+    stopped = fit_head(x, label_sets, 50, config)
+    assert stopped.epochs == 0 and stopped.work_s == pytest.approx(before)
 
 
 def test_hard_negatives_are_the_nearest_other_prototypes_as_brute_force_finds_them() -> None:
