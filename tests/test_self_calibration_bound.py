@@ -157,16 +157,18 @@ def test_a_slower_machine_stops_at_the_same_setting(tmp_path: Path, skills: Labe
     # cut part way: a budgeted kind was ranked, and another left
     assert here.record["dev_set"]["work"]["budget_skipped"]
     assert any(r.stages for r in here.results)
-    encode = skills.embedder.embed
+    encode, slept = skills.embedder.embed, []
 
     def slow(texts: list[str]) -> object:
-        time.sleep(0.01 + 0.002 * len(texts))  # an encoder much slower than this one
+        slept.append(0.6 + 0.002 * len(texts))  # an encoder much slower than this one
+        time.sleep(slept[-1])
         return encode(texts)
 
     monkeypatch.setattr(skills.embedder, "embed", slow)
     monkeypatch.setattr(self_calibration, "WALL_FACTOR", 1e6)
     slower = self_calibrate(settings, skills, budget_s=budget)
-    assert slower.seconds > here.seconds
+    # slower by more than the budget itself: a wall-clock budget would have stopped elsewhere
+    assert slower.seconds >= sum(slept) > budget
     assert comparable(slower.record) == comparable(here.record)
     assert [(r.describe(), r.value, r.n) for r in slower.results] == [
         (r.describe(), r.value, r.n) for r in here.results]

@@ -52,9 +52,11 @@ class WorkMeter:
                     wall_s)
 
     def describe(self) -> dict[str, float]:
-        """As saved in a calibration record: reference seconds in all and by kind."""
+        """As saved in a calibration record: reference seconds in all and by kind (the kinds
+        only timed, with no cost, such as a search's own Python, are left out)."""
         return {"work_s": round(self.spent, 1),
-                **{f"work_{kind}_s": round(s, 1) for kind, s in sorted(self.by_kind.items())}}
+                **{f"work_{kind}_s": round(s, 1) for kind, s in sorted(self.by_kind.items())
+                   if s > 0}}
 
 
 def encode_cost(texts: Sequence[str]) -> float:
