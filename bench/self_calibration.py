@@ -140,9 +140,7 @@ SPEED = """
 import json, sys, time
 from eval.datasets import load_dataset
 from eval.run import EvalConfig, run_eval
-from retrieval.calibration.work import WorkMeter
 from retrieval.catalog import load_catalog
-from retrieval.index import LabelIndex
 from service.engine import open_engine
 from service.settings import Settings
 args = json.loads(sys.argv[1])

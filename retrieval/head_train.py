@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from retrieval.calibration import work as work_meter
 from retrieval.head import HeadInfo, HeadRow, Mode, examples_digest
 from retrieval.index import LabelIndex
 
@@ -26,11 +27,10 @@ _CHUNK = 1024  # rows per similarity block: 1,024 x 30,000 floats is 123 MB
 # head's budget"): a step 6 ms, plus 10 us a row it touches, plus 0.7 us a label of the
 # catalog (1,000 labels 17.6 ms, 3,000 29.6-31.9, 30,000 64-74); the label neighbours 11 ns a
 # pair of prototypes (30,000 labels 9.7 s); the prototypes, hard negatives and bias 17 us an
-# example (600,000: 10 s). A machine over WALL_FACTOR times slower is stopped by the clock
-# instead, at WALL_FACTOR x max_seconds (the only stop that depends on the machine).
+# example (600,000: 10 s). A machine over `work.WALL_FACTOR` times slower is stopped by the
+# clock instead (the only stop that depends on the machine).
 STEP_S, TOUCHED_ROW_S, LABEL_S = 6e-3, 10e-6, 0.7e-6
 PROTOTYPE_PAIR_S, EXAMPLE_S = 11e-9, 17e-6
-WALL_FACTOR = 4.0
 _SCALE_SAMPLE = 2000  # examples whose candidates fit the untrained labels' map
 _SCALE_SEGMENT = 50  # of a label's examples, the ones its leave-one-out similarity looks at
 
@@ -39,7 +39,7 @@ _SCALE_SEGMENT = 50  # of a label's examples, the ones its leave-one-out similar
 class TrainConfig:
     """What training may spend and how it samples; the same config and data give the same head
     on any machine (`max_seconds` is counted work, see STEP_S), unless the wall clock stops a
-    machine over WALL_FACTOR times slower than the reference one."""
+    machine over `work.WALL_FACTOR` times slower than the reference one."""
 
     # Settings' "Learned head" fields hold these defaults (service.jobs.indexing.head_config).
     mode: Mode
@@ -176,7 +176,7 @@ def _epochs(params: _LazyAdam, x: np.ndarray, positives: np.ndarray, hard: np.nd
 def _spent(work: float, started: float, config: TrainConfig) -> bool:
     """The budget of work is spent (or, on a far slower machine, the wall clock's)."""
     return (work >= config.max_seconds
-            or time.perf_counter() - started > WALL_FACTOR * config.max_seconds)
+            or time.perf_counter() - started > work_meter.WALL_FACTOR * config.max_seconds)
 
 
 def batch_gradients(x: Tensor, w: Tensor, b: Tensor, where: Tensor, target: Tensor,

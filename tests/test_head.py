@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from eval.cli import app
 from retrieval import head_train
+from retrieval.calibration import work as work_meter
 from retrieval.calibration.held_out import HeldOutIndex
 from retrieval.catalog import Catalog, Label, load_catalog
 from retrieval.embedder import Embedder
@@ -297,7 +298,7 @@ def test_the_budget_counts_work_so_a_slower_machine_trains_the_same_head(
     assert slower.seconds > here.seconds + 0.15
     np.testing.assert_array_equal(slower.weights, here.weights)
     np.testing.assert_array_equal(slower.biases, here.biases)
-    monkeypatch.setattr(head_train, "WALL_FACTOR", 0.0)  # past it, the clock stops training
+    monkeypatch.setattr(work_meter, "WALL_FACTOR", 0.0)  # past it, the clock stops training
     stopped = fit_head(x, label_sets, 50, config)
     assert stopped.epochs == 0 and stopped.work_s == pytest.approx(before)
 

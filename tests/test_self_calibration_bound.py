@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from retrieval.calibration import work as work_meter
 from retrieval.calibration.scoring import Calibration
 from retrieval.calibration.search import SearchLog, SearchSpace, _Runner, search_settings
 from retrieval.calibration.work import WorkMeter
@@ -19,7 +20,6 @@ from retrieval.fusion import Aggregation
 from retrieval.index import LabelIndex, chroma_client
 from retrieval.subqueries import SubqueryStage
 from service.factory import search_space
-from service.jobs import self_calibration
 from service.jobs.self_calibration import pseudo_texts, self_calibrate, summary
 from service.settings import Settings
 from tests.conftest import make_settings
@@ -165,7 +165,7 @@ def test_a_slower_machine_stops_at_the_same_setting(tmp_path: Path, skills: Labe
         return encode(texts)
 
     monkeypatch.setattr(skills.embedder, "embed", slow)
-    monkeypatch.setattr(self_calibration, "WALL_FACTOR", 1e6)
+    monkeypatch.setattr(work_meter, "WALL_FACTOR", 1e6)
     slower = self_calibrate(settings, skills, budget_s=budget)
     # slower by more than the budget itself: a wall-clock budget would have stopped elsewhere
     assert slower.seconds >= sum(slept) > budget
@@ -176,7 +176,7 @@ def test_a_slower_machine_stops_at_the_same_setting(tmp_path: Path, skills: Labe
 
 def test_on_a_far_slower_machine_the_wall_clock_stops_it_and_says_so(
         tmp_path: Path, skills: LabelIndex, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(self_calibration, "WALL_FACTOR", 0.0)
+    monkeypatch.setattr(work_meter, "WALL_FACTOR", 0.0)
     found = self_calibrate(make_settings(tmp_path, top_k=5, self_calibration_texts=60),
                            skills, budget_s=1e6)
     work = found.record["dev_set"]["work"]

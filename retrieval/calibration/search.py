@@ -348,8 +348,10 @@ class _Runner:
 
     def out_of_time(self) -> bool:
         """The budget (if any) is spent, or the wall-clock limit passed."""
-        if self.budget_s is None or self.memo.meter.spent > self.budget_s:
-            return self.budget_s is not None
+        if self.budget_s is None:
+            return False
+        if self.memo.meter.spent > self.budget_s:
+            return True
         if self.wall_deadline is not None and time.perf_counter() > self.wall_deadline:
             self.log.wall_cut = True
             return True

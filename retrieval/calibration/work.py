@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 # What each unit of work took on the reference machine (2 cores, all-MiniLM-L6-v2 on ONNX
-# Runtime, idle), fitted by `bench/self_calibration.py --work` on self-calibrations of the demo,
-# CLINC150, NLU++ and ESCO catalogs. A budget in these seconds lasts about as long there and
-# stops at the same setting everywhere; a faster machine finishes sooner, a slower one later.
+# Runtime, idle), fitted by `python -m bench.self_calibration work` on self-calibrations of the
+# demo, CLINC150, NLU++ and ESCO catalogs. A budget in these seconds lasts about as long there
+# and stops at the same setting everywhere; a faster machine finishes sooner, a slower one later.
 COSTS: dict[str, float] = {
     # One text through the encoder, plus its characters (the encoder's cost grows with the
     # tokens; per text, in batches: 11 chars 0.9 ms, 28 chars 1.4 ms, 80 chars 7.8 ms, 182
@@ -23,6 +23,11 @@ COSTS: dict[str, float] = {
     "score_text": 0.3e-3,  # one text's shortlist thresholded and scored
     "head_example_epoch": 35e-6,  # head training: examples x epochs
 }
+
+# A budget of work stops at the same point on any machine; on one this many times slower than
+# the reference one, the wall clock stops it instead, at this many times the budget, and says so
+# (self-calibration's search and the head's training).
+WALL_FACTOR = 4.0
 
 
 @dataclass

@@ -12,6 +12,7 @@ from functools import partial
 
 from tqdm import tqdm
 
+from retrieval.calibration import work as work_meter
 from retrieval.calibration.held_out import HeldOutIndex
 from retrieval.calibration.pseudo_queries import (
     COMPOSED_SHARE,
@@ -46,9 +47,6 @@ MIN_TEXTS = 200
 VECTORS_PER_TEXT = 10
 # Every aggregation at the middle depth, then the best GRID_KEEP at the other depths.
 GRID_KEEP = 3
-# The budget counts work, not time (the same settings on any machine); on a machine this many
-# times slower than the reference one, the wall clock stops the search instead, and says so.
-WALL_FACTOR = 4.0
 
 
 @dataclass
@@ -100,7 +98,7 @@ def self_calibrate(settings: Settings, index: LabelIndex, space: SearchSpace | N
             space or search_space(settings, screen=SCREEN, grid_keep=GRID_KEEP), floor,
             user_like if len(user_like) >= MIN_PSEUDO_TEXTS else None,
             none_share=shares.get("none_share"), budget_s=budget_s, log=log, meter=meter,
-            wall_deadline=None if budget_s is None else started + WALL_FACTOR * budget_s)
+            wall_deadline=None if budget_s is None else started + work_meter.WALL_FACTOR * budget_s)
     seconds = time.perf_counter() - started
     work = {**log.describe(), **meter.describe(),
             **({"budget_s": round(budget_s, 1)} if budget_s is not None else {})}
